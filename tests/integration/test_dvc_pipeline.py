@@ -1,0 +1,72 @@
+"""Real DVC in a real git repository: repro, no-op repro, param change re-runs only downstream, push/pull."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, cwd, env):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def ran_stages(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for d in ("experiments", "platform", "data/corrections"):
+        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["synth"].update(abdomen=5, thigh=1, matrix=48, slices=6)
+    params["data"]["image_size"] = 32
+    params["splits"].update(folds=2, test_cases=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run("git init -q -b main && dvc init -q && dvc config core.analytics false", repo, env)
+    run(f"dvc remote add -d local {tmp_path / 'storage'}", repo, env)
+    return repo, env
+
+
+def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
+    repo, env = repo
+    first = run("dvc repro", repo, env)
+    assert ran_stages(first) == {"synth", "labels", "splits", "slices"}
+    assert (repo / "data/slices/index.json").is_file() and (repo / "data/labels/qa.json").is_file()
+
+    again = run("dvc repro", repo, env)
+    assert ran_stages(again) == set() and "Data and pipelines are up to date." in again
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["splits"]["seed"] = 99
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run("dvc repro", repo, env)) == {"splits"}
+
+    params["data"]["image_size"] = 64
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run("dvc repro", repo, env)) == {"slices"}
+    assert "up to date" in run("dvc status", repo, env)
+
+    metrics = run("dvc metrics show", repo, env)
+    assert "data/labels/qa.json" in metrics and "total.thigh_dice_filled" in metrics
+
+    run("dvc push -q && git add -A && git commit -qm pipeline", repo, env)
+    clone = tmp_path / "clone"
+    run(f"git clone -q {repo} {clone}", tmp_path, env)
+    run("dvc pull -q", clone, env)
+    assert (clone / "data/slices/index.json").read_bytes() == (repo / "data/slices/index.json").read_bytes()
+    assert ran_stages(run("dvc repro", clone, env)) == set()

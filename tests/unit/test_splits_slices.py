@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from boneseg.config import Config, SplitsConfig
+from boneseg.dataset import SliceDataset, fold_labels, stack_25d
+from boneseg.errors import DataError
+from boneseg.slices import apply_window, build_slices, resize_back, resize_planes
+from boneseg.splits import check_splits, make_splits
+
+CASES = [f"abd{i:03d}" for i in range(14)]
+PHASES = {c: ("none", "arterial", "portal-venous")[i % 3] for i, c in enumerate(CASES)}
+
+
+@pytest.mark.parametrize("folds,test", [(4, 2), (3, 0), (5, 3)])
+def test_split_invariants(folds, test):
+    s = make_splits(CASES, PHASES, SplitsConfig(folds=folds, test_cases=test, seed=7))
+    check_splits(s, CASES)
+    assert len(s["test"]) == test and len(s["folds"]) == folds
+    vals = [v for f in s["folds"] for v in f["val"]]
+    assert sorted(vals + s["test"]) == sorted(CASES)  # each case validates once or is test
+    sizes = [len(f["val"]) for f in s["folds"]]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_splits_deterministic_and_seeded():
+    a = make_splits(CASES, PHASES, SplitsConfig(seed=1))
+    assert a == make_splits(list(reversed(CASES)), PHASES, SplitsConfig(seed=1))
+    assert a != make_splits(CASES, PHASES, SplitsConfig(seed=2))
+
+
+def test_stratified_folds_see_every_phase():
+    s = make_splits(CASES, PHASES, SplitsConfig(folds=3, test_cases=2, seed=0))
+    for f in s["folds"]:
+        assert len({PHASES[c] for c in f["val"]}) >= 2
+
+
+def test_too_few_cases_is_a_clear_error():
+    with pytest.raises(DataError, match="need at least 6"):
+        make_splits(CASES[:5], PHASES, SplitsConfig(folds=4, test_cases=2))
+
+
+def test_check_splits_catches_a_leak():
+    s = make_splits(CASES, PHASES, SplitsConfig())
+    s["folds"][0]["train"].append(s["test"][0])
+    with pytest.raises(AssertionError, match="two roles"):
+        check_splits(s, CASES)
+
+
+def test_stack_25d_repeats_edges():
+    vol = np.arange(4)[:, None, None] * np.ones((4, 2, 2))
+    assert stack_25d(vol, 0)[:, 0, 0].tolist() == [0, 0, 1]
+    assert stack_25d(vol, 2)[:, 0, 0].tolist() == [1, 2, 3]
+    assert stack_25d(vol, 3)[:, 0, 0].tolist() == [2, 3, 3]
+
+
+def test_resampling_keeps_label_ids_and_geometry():
+    rng = np.random.default_rng(0)
+    lab = np.zeros((50, 70, 3), np.uint8)
+    lab[10:30, 20:50] = 1
+    lab[32:40, 5:15] = 4
+    lab[40:45, 60:66] = 3
+    out = resize_planes(lab, 32, "labels")
+    assert out.shape == (3, 32, 32) and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 1, 3, 4} and {1, 4} <= set(np.unique(out))
+    img = resize_planes(rng.normal(size=(50, 70, 3)).astype(np.float32), 96, "image")
+    assert img.shape == (3, 96, 96)
+    probs = np.zeros((3, 2, 32, 32), np.float32)
+    probs[:, 1] = 1
+    back = resize_back(probs, (50, 70))
+    assert back.shape == (50, 70, 3, 2) and np.allclose(back[..., 1], 1)
+
+
+def test_window():
+    w = apply_window(np.array([-1000, -200, 650, 1500, 3000]), (-200, 1500))
+    assert w.tolist() == pytest.approx([0, 0, 0.5, 1, 1])
+
+
+def test_fold_labels_single_class():
+    y = np.array([0, 1, 2, 3, 4], np.uint8)
+    assert fold_labels(y, "single").tolist() == [0, 1, 0, 0, 0]
+    assert fold_labels(y, "multi").tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        fold_labels(y, "dual")
+
+
+def test_slices_stage_and_dataset(tmp_path):
+    from boneseg import synth
+    from boneseg.config import SynthConfig
+    from boneseg.labels import derive_labels
+
+    scfg = SynthConfig(seed=2, abdomen=2, thigh=1, matrix=64, slices=6)
+    synth.synthesize(scfg, tmp_path / "raw", progress=False)
+    cfg = Config.model_validate({"data": {"raw_dir": str(tmp_path / "raw"), "labels_dir": str(tmp_path / "lab"),
+                                          "slices_dir": str(tmp_path / "sl"), "image_size": 32,
+                                          "corrections_dir": str(tmp_path / "c")}})
+    derive_labels(cfg, progress=False)
+    index = build_slices(cfg, progress=False)
+    assert json.loads((tmp_path / "sl" / "index.json").read_text())["window"] == [-200.0, 1500.0]
+    ds = SliceDataset(tmp_path / "sl", ["abd000", "abd001"], classes="single")
+    assert len(ds) == index["cases"]["abd000"]["z"] + index["cases"]["abd001"]["z"]
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.equal(x[0], x[1])  # first slice repeats itself as z-1
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    assert set(torch.unique(torch.cat([ds[i][1].flatten() for i in range(len(ds))])).tolist()) <= {0, 1}
+    multi = SliceDataset(tmp_path / "sl", ["abd000"], classes="multi")
+    assert max(int(multi[i][1].max()) for i in range(len(multi))) >= 2
+    with pytest.raises(DataError, match="have no slices"):
+        SliceDataset(tmp_path / "sl", ["nope"])
