@@ -40,3 +40,30 @@ def make_labels(ct: Volume) -> Volume:
     lab[ct.data > 500] = 1
     lab[5:7, 5:7, :] = 4
     return Volume(lab, ct.affine.copy())
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """A whole tiny data pipeline (synth -> labels -> splits -> slices) and its Config."""
+    from boneseg.config import Config
+    from boneseg.labels import derive_labels
+    from boneseg.slices import build_slices
+    from boneseg.splits import write_splits
+    from boneseg.synth import synthesize
+
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = Config.model_validate({
+        "data": {"raw_dir": str(root / "raw"), "labels_dir": str(root / "labels"),
+                 "corrections_dir": str(root / "corr"), "splits_file": str(root / "splits.json"),
+                 "slices_dir": str(root / "slices"), "image_size": 32,
+                 "synth": {"seed": 4, "abdomen": 5, "thigh": 2, "matrix": 64, "slices": 6}},
+        "splits": {"folds": 2, "test_cases": 1},
+        "train": {"epochs": 1, "batch_size": 2, "out_dir": str(root / "train"), "threads": 2},
+        "pretrain": {"epochs": 2},
+        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"},
+    })
+    synthesize(cfg.data.synth, cfg.data.raw_dir, progress=False)
+    derive_labels(cfg, progress=False)
+    write_splits(cfg)
+    build_slices(cfg, progress=False)
+    return cfg

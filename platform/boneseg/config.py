@@ -91,12 +91,72 @@ class SplitsConfig(_Strict):
     stratify: bool = True
 
 
+# The four cases of the study: (classes, encoder initialisation)
+CASES = {
+    "multi-random": ("multi", "random"),
+    "single-random": ("single", "random"),
+    "multi-pretrained": ("multi", "pretrained"),
+    "single-pretrained": ("single", "pretrained"),
+}
+
+
+class ModelConfig(_Strict):
+    encoder_weights: str = Field("thigh", description="pretrained cases: imagenet | thigh | a file path")
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v in ("none", "imagenet", "thigh") or v.endswith((".safetensors", ".pt", ".pth", ".bin")):
+            return v
+        raise ValueError(f"expected none, imagenet, thigh or a .safetensors/.pt/.pth file, got {v!r}")
+
+
+class TrainConfig(_Strict):
+    """One trial: AdamW + OneCycleLR (stepped per batch), AMP on CUDA, fp32 on CPU."""
+
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0, description="OneCycle peak learning rate")
+    weight_decay: float = Field(1e-3, ge=0)
+    pct_start: float = Field(0.25, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    loss: Literal["dice", "dice_ce"] = "dice_ce"
+    ce_weight: float = Field(1.0, ge=0)
+    amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
+    channels_last: bool = True
+    augment: bool = Field(True, description="random affine + intensity jitter on training batches")
+    num_workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    eval_batch_size: int = Field(32, ge=1)
+    out_dir: str = "results/train"
+
+
+class PretrainConfig(_Strict):
+    """The `pretrain` stage: the same U-Net on thigh slices vs their threshold femur masks."""
+
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+
+class TrackingConfig(_Strict):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (MLFLOW_TRACKING_URI wins)")
+    experiment: str = "boneseg"
+
+
 class Config(_Strict):
     experiment: str | None = Field(None, description="name of an override in experiments/")
     data: DataConfig = DataConfig()
     labels: LabelsConfig = LabelsConfig()
     splits: SplitsConfig = SplitsConfig()
-    # later stages (train, sweep, report) add their sections here
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def deep_merge(base: dict, override: dict) -> dict:

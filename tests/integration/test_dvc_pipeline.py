@@ -34,6 +34,7 @@ def repo(tmp_path):
     params["data"]["synth"].update(abdomen=5, thigh=1, matrix=48, slices=6)
     params["data"]["image_size"] = 32
     params["splits"].update(folds=2, test_cases=1)
+    params["pretrain"].update(epochs=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -45,7 +46,7 @@ def repo(tmp_path):
 def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     repo, env = repo
     first = run("dvc repro", repo, env)
-    assert ran_stages(first) == {"synth", "labels", "splits", "slices"}
+    assert ran_stages(first) == {"synth", "labels", "splits", "slices", "pretrain"}
     assert (repo / "data/slices/index.json").is_file() and (repo / "data/labels/qa.json").is_file()
 
     again = run("dvc repro", repo, env)
@@ -58,7 +59,7 @@ def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
 
     params["data"]["image_size"] = 64
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run("dvc repro", repo, env)) == {"slices"}
+    assert ran_stages(run("dvc repro", repo, env)) == {"slices", "pretrain"}
     assert "up to date" in run("dvc status", repo, env)
 
     metrics = run("dvc metrics show", repo, env)

@@ -1,0 +1,39 @@
+"""Batched, device-side augmentation for 2.5-D slices (pure functions of a generator).
+
+A small random affine (rotation, scale, shift) applied identically to image and label,
+and an intensity gain/offset on the windowed image. Draws use torch's global generator,
+whose state every checkpoint saves, so resumed training sees the same augmentations.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def random_affine(x: torch.Tensor, y: torch.Tensor, rotate_deg: float, scale: float, shift: float):
+    """x (B, C, H, W) float, y (B, H, W) int64 -> both warped by one affine per sample."""
+    b = x.shape[0]
+    ang = (torch.rand(b) * 2 - 1) * math.radians(rotate_deg)
+    s = 1 + (torch.rand(b) * 2 - 1) * scale
+    t = (torch.rand(b, 2) * 2 - 1) * shift
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1)
+    theta = theta.to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = F.grid_sample(y[:, None].to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x, y[:, 0].round().long()
+
+
+def random_intensity(x: torch.Tensor, gain: float, offset: float) -> torch.Tensor:
+    b = x.shape[0]
+    g = 1 + (torch.rand(b, 1, 1, 1) * 2 - 1) * gain
+    o = (torch.rand(b, 1, 1, 1) * 2 - 1) * offset
+    return (x * g.to(x) + o.to(x)).clamp_(0, 1)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, rotate_deg=10.0, scale=0.1, shift=0.05, gain=0.1, offset=0.05):
+    x, y = random_affine(x, y, rotate_deg, scale, shift)
+    return random_intensity(x, gain, offset), y

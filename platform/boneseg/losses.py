@@ -1,0 +1,26 @@
+"""Losses as pure functions (logits (B, K, H, W), target (B, H, W) int64)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The study's loss: 1/K sum_k (1 - 2 sum(o_k m_k) / (sum o_k^2 + sum m_k^2 + eps)),
+    o = softmax probabilities, m = one-hot target, sums over batch and pixels."""
+    probs = logits.float().softmax(dim=1)  # (B, K, H, W)
+    onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).float()
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = (probs * probs).sum(dims) + (onehot * onehot).sum(dims) + eps
+    return (1 - 2 * inter / denom).mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice_ce",
+                      ce_weight: float = 1.0) -> torch.Tensor:
+    """"dice": the study's soft Dice; "dice_ce": + ce_weight x cross-entropy (converges
+    much faster in few steps, see docs/training.md)."""
+    loss = soft_dice_loss(logits, target)
+    if kind == "dice_ce":
+        loss = loss + ce_weight * F.cross_entropy(logits.float(), target)
+    return loss

@@ -1,0 +1,65 @@
+"""`boneseg pretrain`: encoder weights learnt on the thigh cohort, so the "pretrained"
+cases run with no internet. The same U-Net is trained on the thigh CTs' 2.5-D slices
+against their automatically derived femur masks (the study's threshold labels); the
+encoder is saved as results/pretrain/thigh_encoder.safetensors (+ pretrain.json)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from boneseg.config import Config
+from boneseg.dataset import SliceDataset
+from boneseg.errors import DataError
+from boneseg.models import THIGH_WEIGHTS, build_model
+from boneseg.nifti import atomic_path, atomic_write_text
+from boneseg.slices import load_index
+from boneseg.train import autocast_args, make_loader, make_optim, resolve_device, seed_everything, train_epoch
+
+
+def pretrain(cfg: Config, out: str | Path = THIGH_WEIGHTS) -> dict:
+    index = load_index(cfg.data.slices_dir)
+    thighs = sorted(c for c, info in index["cases"].items() if info["cohort"] == "thigh")
+    if not thighs:
+        raise DataError(f"{cfg.data.slices_dir}: no thigh cases to pretrain on. Set data.synth.thigh > 0 "
+                        "or import a thigh cohort (boneseg import --cohort thigh).")
+    pc = cfg.pretrain
+    tc = cfg.train.model_copy(update={"epochs": pc.epochs, "batch_size": pc.batch_size, "lr": pc.lr})
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc)
+    autocast = autocast_args(tc, device)
+    seed_everything(pc.seed)
+    model, _ = build_model(2, "none")  # femur vs background
+    model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ds = SliceDataset(cfg.data.slices_dir, thighs, classes="single")
+    opt, sched = make_optim(model, tc, len(make_loader(ds, tc, 0, pc.seed)), tc.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast.get("dtype") == torch.float16)
+    history = [train_epoch(model, make_loader(ds, tc, e, pc.seed), opt, sched, scaler, tc, device, autocast)
+               for e in range(tc.epochs)]
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata={"source": "boneseg pretrain (thigh cohort)", "arch": "resnet34"})
+    report = {"cases": len(thighs), "slices": len(ds), "epochs": tc.epochs,
+              "train_loss": [round(h["train_loss"], 5) for h in history], "weights": str(out)}
+    atomic_write_text(out.with_name("pretrain.json"), json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain the encoder on the thigh cohort (offline 'pretrained' cases)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    r = pretrain(cfg)
+    print(f"pretrain: {r['cases']} thigh cases, {r['slices']} slices, {r['epochs']} epochs, "
+          f"loss {r['train_loss'][0]:.4f} -> {r['train_loss'][-1]:.4f}; encoder -> {r['weights']}")
+    return 0

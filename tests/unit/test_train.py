@@ -1,0 +1,104 @@
+import json
+import math
+
+import pytest
+import torch
+
+from boneseg.config import TrainConfig
+from boneseg.losses import segmentation_loss, soft_dice_loss
+from boneseg.models import UNet
+from boneseg.train import autocast_args, fit
+
+
+def test_soft_dice_loss_is_zero_for_a_perfect_prediction_and_high_for_a_wrong_one():
+    target = torch.randint(0, 3, (2, 8, 8))
+    perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert float(soft_dice_loss(perfect, target)) < 1e-3
+    assert float(soft_dice_loss(-perfect, target)) > 0.9
+    assert float(segmentation_loss(perfect, target, "dice_ce")) < 1e-3
+
+
+def test_one_optimiser_step_lowers_the_loss():
+    torch.manual_seed(0)
+    model = UNet(5)
+    x, y = torch.rand(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    before = segmentation_loss(model(x), y)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():  # still in train mode: batch-norm uses this batch's statistics both times
+        after = segmentation_loss(model(x), y)
+    assert after.item() < before.item()
+
+
+def test_cpu_runs_fp32_whatever_amp_says():
+    for amp in ("auto", "fp16", "bf16"):
+        assert autocast_args(TrainConfig(amp=amp), torch.device("cpu"))["enabled"] is False
+
+
+class Crash:
+    """Fault injection: raise after a given epoch's checkpoint was written."""
+
+    def __init__(self, after_epoch):
+        self.after = after_epoch
+
+    def on_epoch(self, epoch, metrics, ckpt):
+        if epoch == self.after:
+            raise RuntimeError("injected crash")
+
+
+def test_fit_writes_summary_and_resume_continues_the_same_trajectory(tiny_pipeline, tmp_path):
+    cfg = tiny_pipeline.model_copy(update={"train": tiny_pipeline.train.model_copy(update={"epochs": 2})})
+    straight = fit(cfg, "multi-random", 0, out_dir=tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="injected"):
+        fit(cfg, "multi-random", 0, out_dir=tmp_path / "resumed", callbacks=[Crash(0)])
+    resumed = fit(cfg, "multi-random", 0, out_dir=tmp_path / "resumed")
+    assert resumed.resumed_from_epoch == 1 and [h["epoch"] for h in resumed.history] == [0, 1]
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight.history[1]["train_loss"] == pytest.approx(resumed.history[1]["train_loss"], rel=1e-6)
+    summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert summary["bone_dice"] == pytest.approx(straight.bone_dice)
+    assert len(summary["metric_per_case"]) == len(cfg_val_cases(cfg, 0))
+    assert 0 <= straight.bone_dice <= 1 and not math.isnan(straight.test_bone_dice)
+
+
+def cfg_val_cases(cfg, fold):
+    return json.loads(open(cfg.data.splits_file).read())["folds"][fold]["val"]
+
+
+def test_single_class_trial_predicts_bone_only(tiny_pipeline, tmp_path):
+    r = fit(tiny_pipeline, "single-random", 1, out_dir=tmp_path / "s")
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert set(summary["metric_per_case"][0]["dice"]) == {"bone"}
+    assert torch.load(tmp_path / "s" / "model.pt", weights_only=False)["model"]["head.weight"].shape[0] == 2
+    assert r.weights == {"source": "none"}
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_pipeline, tmp_path):
+    from boneseg.errors import ConfigError
+
+    fit(tiny_pipeline, "multi-random", 0, out_dir=tmp_path / "t")
+    other = tiny_pipeline.model_copy(update={"train": tiny_pipeline.train.model_copy(update={"lr": 1e-2})})
+    with pytest.raises(ConfigError, match="--restart"):
+        fit(other, "multi-random", 0, out_dir=tmp_path / "t")
+
+
+def test_pretrain_writes_an_encoder_the_pretrained_case_loads(tiny_pipeline, tmp_path, monkeypatch):
+    from boneseg.models import build_model
+    from boneseg.pretrain import pretrain
+
+    monkeypatch.chdir(tmp_path)  # "thigh" resolves results/pretrain/... relative to the repo root
+    report = pretrain(tiny_pipeline)
+    assert report["cases"] == 2 and (tmp_path / "results/pretrain/pretrain.json").is_file()
+    model, info = build_model(5, "thigh")
+    assert info["source"] == "thigh"
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "results/pretrain/thigh_encoder.safetensors"))
+    assert all(torch.equal(model.encoder.state_dict()[k], saved[k]) for k in saved)
+    r = fit(tiny_pipeline, "multi-pretrained", 0, out_dir=tmp_path / "p")
+    assert r.weights["source"] == "thigh"
