@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from boneseg.errors import ConfigError
 
@@ -102,6 +102,7 @@ CASES = {
 
 class ModelConfig(_Strict):
     encoder_weights: str = Field("thigh", description="pretrained cases: imagenet | thigh | a file path")
+    thigh_weights: str = Field("results/pretrain/thigh_encoder.safetensors", description="where `thigh` is read")
 
     @field_validator("encoder_weights")
     @classmethod
@@ -148,6 +149,29 @@ class TrackingConfig(_Strict):
     experiment: str = "boneseg"
 
 
+class SweepConfig(_Strict):
+    """The Ray Tune grid: cases x folds, resources per trial, where Tune keeps its state."""
+
+    cases: list[str] = Field(default_factory=lambda: list(CASES))
+    folds: list[int] | None = Field(None, description="null: every fold of data/splits.json")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0, description="fractions allowed, e.g. 0.25")
+    storage_path: str = Field("ray_results", description="outside DVC outputs; shared FS or s3:// for multi-node")
+    max_failures: int = Field(2, ge=0, description="retries of a failed trial, from its last checkpoint")
+    reuse_actors: bool = True
+    log_model: bool = Field(True, description="log each fold's final model.pt to its MLflow run")
+    metrics_file: str = "results/metrics.json"
+    folds_file: str = "results/folds.csv"
+
+    @field_validator("cases")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in CASES]
+        if bad or not v:
+            raise ValueError(f"expected cases from {list(CASES)}, got {v}")
+        return v
+
+
 class Config(_Strict):
     experiment: str | None = Field(None, description="name of an override in experiments/")
     data: DataConfig = DataConfig()
@@ -157,6 +181,7 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     pretrain: PretrainConfig = PretrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig = SweepConfig()
 
 
 def deep_merge(base: dict, override: dict) -> dict:

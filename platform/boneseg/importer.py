@@ -24,8 +24,7 @@ import numpy as np
 
 from boneseg.config import Config
 from boneseg.errors import DataError
-from boneseg.nifti import (Volume, atomic_write_text, check_ct, check_pair, load_ct, load_labels, load_volume,
-                           save_volume, to_canonical)
+from boneseg.nifti import (Volume, atomic_write_text, load_ct, load_labels, save_volume, to_canonical)
 
 DEFAULT_ID_MAP = ".boneseg/import_idmap.json"
 

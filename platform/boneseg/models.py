@@ -123,7 +123,7 @@ def imagenet_file() -> Path:
         "the file directly: --set model.encoder_weights=/path/to/resnet34.safetensors.")
 
 
-def build_model(classes: int, encoder_weights: str = "none") -> tuple[UNet, dict]:
+def build_model(classes: int, encoder_weights: str = "none", thigh_weights: str = THIGH_WEIGHTS) -> tuple[UNet, dict]:
     """The U-Net with its encoder initialised from `encoder_weights`; returns (model, provenance)."""
     model = UNet(classes)
     if encoder_weights == "none":
@@ -132,8 +132,8 @@ def build_model(classes: int, encoder_weights: str = "none") -> tuple[UNet, dict
         info = load_encoder_file(model.encoder, imagenet_file())
         return model, {**info, "source": "imagenet", "tag": IMAGENET_TAG}
     if encoder_weights == "thigh":
-        if not Path(THIGH_WEIGHTS).is_file():
-            raise ConfigError(f"model.encoder_weights=thigh: {THIGH_WEIGHTS} not found. Run `boneseg pretrain` "
+        if not Path(thigh_weights).is_file():
+            raise ConfigError(f"model.encoder_weights=thigh: {thigh_weights} not found. Run `boneseg pretrain` "
                               "(or `dvc repro pretrain`) first.")
-        return model, {**load_encoder_file(model.encoder, THIGH_WEIGHTS), "source": "thigh"}
+        return model, {**load_encoder_file(model.encoder, thigh_weights), "source": "thigh"}
     return model, load_encoder_file(model.encoder, encoder_weights)

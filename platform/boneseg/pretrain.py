@@ -13,13 +13,13 @@ import torch
 from boneseg.config import Config
 from boneseg.dataset import SliceDataset
 from boneseg.errors import DataError
-from boneseg.models import THIGH_WEIGHTS, build_model
+from boneseg.models import build_model
 from boneseg.nifti import atomic_path, atomic_write_text
 from boneseg.slices import load_index
 from boneseg.train import autocast_args, make_loader, make_optim, resolve_device, seed_everything, train_epoch
 
 
-def pretrain(cfg: Config, out: str | Path = THIGH_WEIGHTS) -> dict:
+def pretrain(cfg: Config, out: str | Path | None = None) -> dict:
     index = load_index(cfg.data.slices_dir)
     thighs = sorted(c for c, info in index["cases"].items() if info["cohort"] == "thigh")
     if not thighs:
@@ -43,7 +43,7 @@ def pretrain(cfg: Config, out: str | Path = THIGH_WEIGHTS) -> dict:
                for e in range(tc.epochs)]
     from safetensors.torch import save_file
 
-    out = Path(out)
+    out = Path(out or cfg.model.thigh_weights)
     state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"source": "boneseg pretrain (thigh cohort)", "arch": "resnet34"})

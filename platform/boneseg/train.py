@@ -190,7 +190,8 @@ def fit(cfg: Config, case: str, fold: int, out_dir: str | Path | None = None, ca
     device = resolve_device(tc)
     autocast = autocast_args(tc, device)
     seed_everything(tc.seed + fold)
-    model, weights = build_model(5 if classes == "multi" else 2, cfg.model.encoder_weights if init == "pretrained" else "none")
+    model, weights = build_model(5 if classes == "multi" else 2,
+                                 cfg.model.encoder_weights if init == "pretrained" else "none", cfg.model.thigh_weights)
     model.to(device)
     if tc.channels_last:
         model.to(memory_format=torch.channels_last)

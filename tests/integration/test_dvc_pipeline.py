@@ -1,4 +1,5 @@
-"""Real DVC in a real git repository: repro, no-op repro, param change re-runs only downstream, push/pull."""
+"""Real DVC in a real git repository: repro of the whole pipeline (the sweep on a local Ray
+included), no-op repro, param change re-runs only downstream, push/pull to a remote."""
 import os
 import shutil
 import subprocess
@@ -35,8 +36,10 @@ def repo(tmp_path):
     params["data"]["image_size"] = 32
     params["splits"].update(folds=2, test_cases=1)
     params["pretrain"].update(epochs=4)
+    params["train"].update(epochs=2, batch_size=2)
+    params["sweep"].update(cases=["multi-random"], log_model=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+    env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     run("git init -q -b main && dvc init -q && dvc config core.analytics false", repo, env)
     run(f"dvc remote add -d local {tmp_path / 'storage'}", repo, env)
@@ -46,7 +49,7 @@ def repo(tmp_path):
 def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     repo, env = repo
     first = run("dvc repro", repo, env)
-    assert ran_stages(first) == {"synth", "labels", "splits", "slices", "pretrain"}
+    assert ran_stages(first) == {"synth", "labels", "splits", "slices", "pretrain", "sweep"}
     assert (repo / "data/slices/index.json").is_file() and (repo / "data/labels/qa.json").is_file()
 
     again = run("dvc repro", repo, env)
@@ -55,15 +58,16 @@ def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["splits"]["seed"] = 99
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run("dvc repro", repo, env)) == {"splits"}
+    assert ran_stages(run("dvc repro", repo, env)) == {"splits", "sweep"}
 
     params["data"]["image_size"] = 64
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run("dvc repro", repo, env)) == {"slices", "pretrain"}
+    assert ran_stages(run("dvc repro", repo, env)) == {"slices", "pretrain", "sweep"}
     assert "up to date" in run("dvc status", repo, env)
 
     metrics = run("dvc metrics show", repo, env)
     assert "data/labels/qa.json" in metrics and "total.thigh_dice_filled" in metrics
+    assert "results/metrics.json" in metrics and "multi-random.bone_dice_mean" in metrics
 
     run("dvc push -q && git add -A && git commit -qm pipeline", repo, env)
     clone = tmp_path / "clone"

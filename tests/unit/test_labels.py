@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_ct
 from boneseg import synth
 from boneseg.config import Config, LabelsConfig, SynthConfig
 from boneseg.labels import derive_case, derive_labels, fill_marrow

@@ -1,0 +1,212 @@
+"""The sweep with real Ray (local, and a two-node cluster on 127.0.0.1) and real MLflow
+(sqlite file, and an `mlflow server` process); faults are injected, nothing is mocked."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from boneseg.config import to_yaml
+from boneseg.errors import ConfigError
+from boneseg.sweep import FAULT_ENV, run_sweep
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def sweep_cfg(base, tmp_path, cases=("multi-random", "single-random"), epochs=1, uri=None, **sweep):
+    s = {"cases": list(cases), "storage_path": str(tmp_path / "ray"), "metrics_file": str(tmp_path / "metrics.json"),
+         "folds_file": str(tmp_path / "folds.csv"), "log_model": False, **sweep}
+    return base.model_copy(update={
+        "sweep": base.sweep.model_copy(update=s),
+        "train": base.train.model_copy(update={"epochs": epochs, "out_dir": str(tmp_path / "train")}),
+        "tracking": base.tracking.model_copy(update={"uri": uri or f"sqlite:///{tmp_path / 'mlflow.db'}"})})
+
+
+def runs_by_level(uri):
+    c = mlflow.MlflowClient(uri)
+    exp = c.get_experiment_by_name("boneseg")
+    out = {}
+    for r in c.search_runs([exp.experiment_id]):
+        out.setdefault(r.data.tags.get("level", "parent"), []).append(r)
+    return c, out
+
+
+def check_tree(uri, cases, n_folds):
+    c, runs = runs_by_level(uri)
+    assert len(runs["parent"]) == 1 and len(runs["case"]) == len(cases)
+    assert len(runs["fold"]) == len(cases) * n_folds
+    assert {r.info.status for rs in runs.values() for r in rs} == {"FINISHED"}
+    parent = runs["parent"][0].info.run_id
+    for case_run in runs["case"]:
+        assert case_run.data.tags["mlflow.parentRunId"] == parent
+        folds = [r for r in runs["fold"] if r.data.tags["mlflow.parentRunId"] == case_run.info.run_id]
+        assert len(folds) == n_folds
+        for f in folds:
+            assert {f.data.params[k] for k in ("case", "classes", "init", "fold")} and f.data.tags["case"] == \
+                   case_run.data.tags["case"]
+        assert case_run.data.metrics["bone_dice_mean"] == pytest.approx(
+            np.mean([f.data.metrics["bone_dice"] for f in folds]))
+    return c, runs
+
+
+def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = sweep_cfg(tiny_pipeline, tmp_path)
+    table = run_sweep(cfg)
+    c, runs = check_tree(cfg.tracking.uri, cfg.sweep.cases, 2)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for case in cfg.sweep.cases:
+        assert metrics[case]["bone_dice_mean"] == pytest.approx(table[case]["bone_dice_mean"], abs=1e-6)
+    assert metrics["best_case"] in cfg.sweep.cases
+    lines = (tmp_path / "folds.csv").read_text().splitlines()
+    assert lines[0] == "case,fold,patient,bone_dice" and len(lines) == 1 + 2 * 4  # 2 cases x 4 val patients
+    parent = runs["parent"][0]
+    assert parent.data.tags["git_commit"] and "ray_storage_path" in parent.data.tags
+    assert parent.data.tags["best_case"] == metrics["best_case"]
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"cases.md", "cases.csv"}
+    fold = runs["fold"][0]
+    assert [m.step for m in c.get_metric_history(fold.info.run_id, "val_bone_dice")] == [0]
+    assert "summary.json" in {a.path for a in c.list_artifacts(fold.info.run_id)}
+
+
+def test_preflight_reports_each_problem_in_one_line(tiny_pipeline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = sweep_cfg(tiny_pipeline, tmp_path, cases=("multi-pretrained",), uri="http://127.0.0.1:9")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"slices_dir": str(tmp_path / "none")})})
+    with pytest.raises(ConfigError) as err:
+        run_sweep(cfg)
+    text = str(err.value)
+    assert "no trial was started" in text
+    assert "data:" in text and "encoder weights:" in text and "boneseg pretrain" in text and "MLflow:" in text
+
+
+@pytest.mark.parametrize("kind", ["raise", "sigkill"])
+def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(kind, tiny_pipeline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    marker = tmp_path / "fault.done"
+    monkeypatch.setenv(FAULT_ENV, f"{kind}:multi-random:0:0:{marker}")
+    cfg = sweep_cfg(tiny_pipeline, tmp_path, cases=("multi-random",), epochs=2)
+    run_sweep(cfg)
+    assert marker.read_text() == kind  # the fault did happen
+    c, runs = check_tree(cfg.tracking.uri, ["multi-random"], 2)
+    run = next(r for r in runs["fold"] if r.data.tags["fold"] == "0")
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_bone_dice")]
+    assert steps == [0, 1]  # epoch 0 logged once
+    assert run.data.tags["resumed_from_epoch"] == "1"  # the retry continued from the epoch-0 checkpoint
+    summary = json.loads(c.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)) and
+                         (tmp_path / "summary.json").read_text())
+    assert summary["fold"] == 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_against_an_mlflow_server(tiny_pipeline, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/srv.db",
+                               "--artifacts-destination", str(tmp_path / "art"), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                mlflow.MlflowClient(uri).search_experiments(max_results=1)
+                break
+            except Exception:
+                time.sleep(1)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        cfg = sweep_cfg(tiny_pipeline, tmp_path, cases=("multi-random",), uri=uri)
+        run_sweep(cfg)
+        check_tree(uri, ["multi-random"], 2)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def boneseg_cmd(params, *args):
+    return [str(BIN / "boneseg"), "--params", str(params), *args]
+
+
+def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path):
+    cfg = sweep_cfg(tiny_pipeline, tmp_path, epochs=2)
+    params = tmp_path / "params.yaml"
+    params.write_text(to_yaml(cfg))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    first = subprocess.Popen(boneseg_cmd(params, "sweep"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    done_lines = []
+    for line in first.stdout:  # kill the driver (and its local Ray) once one trial has finished
+        if line.startswith("sweep: done"):
+            done_lines.append(line)
+            break
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    assert done_lines, "no trial finished before the kill"
+    second = subprocess.run(boneseg_cmd(params, "sweep"), cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming" in second.stdout
+    finished = done_lines[0].split()[2].rstrip(":")
+    assert f"epoch   {finished} " not in second.stdout  # the finished trial trained nothing again
+    check_tree(cfg.tracking.uri, cfg.sweep.cases, 2)  # still one tree, nothing duplicated
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tiny_pipeline, tmp_path):
+    port = free_port()
+    tmp_ray = Path("/tmp") / f"bsray{port}"  # short: Ray's socket paths must stay under 108 chars
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    # token authentication (Ray 2.59+), with this test's own token: every node and the driver share it
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
+    ray = str(BIN / "ray")
+    try:
+        subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", str(tmp_ray),
+                        "--include-dashboard", "false", "--disable-usage-stats"], check=True, env=env,
+                       capture_output=True, timeout=120)
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+                        "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+        cfg = sweep_cfg(tiny_pipeline, tmp_path, cases=("multi-random",))
+        params = tmp_path / "params.yaml"
+        params.write_text(to_yaml(cfg))
+        r = subprocess.run(boneseg_cmd(params, "sweep", "--address", f"127.0.0.1:{port}"), cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        _, runs = check_tree(cfg.tracking.uri, ["multi-random"], 2)
+        assert len({f.data.tags["ray_node_id"] for f in runs["fold"]}) == 2
+    finally:
+        stop_processes_under(tmp_ray)
+
+
+def stop_processes_under(marker: Path) -> None:
+    """Stop only the Ray processes this test started (their command lines name its temp dir)."""
+    import psutil
+
+    mine = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(marker) in part for part in (p.info["cmdline"] or [])):
+                mine.append(p)
+        except psutil.Error:
+            pass
+    for p in mine:
+        p.terminate()
+    psutil.wait_procs(mine, timeout=15)
+    for p in mine:
+        if p.is_running():
+            p.kill()
