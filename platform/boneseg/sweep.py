@@ -24,6 +24,8 @@ from boneseg.config import CASES, Config
 
 # Tune warns on every checkpoint of short trials; one per epoch is what we want
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# the legacy reporter honours verbose=0 (no boxed tables); our callback prints one line per event
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from boneseg.errors import BonesegError, ConfigError
 from boneseg.nifti import atomic_write_text
 
