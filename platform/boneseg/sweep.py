@@ -354,7 +354,11 @@ def _run(cfg: Config, cases, folds, storage: Path, fp: str, exp_dir: Path | None
                 name=name, storage_path=str(storage), verbose=0, callbacks=[tracker],
                 failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    grid_result = tuner.fit()
+    try:
+        grid_result = tuner.fit()
+    except BaseException:  # Ctrl-C, a lost cluster: the parent ends FAILED (the same command resumes it)
+        runs.close({}, ok=False)
+        raise
     table, rows, failed = collect(grid_result, runs, cases, n_folds)
     prune(grid_result)
     runs.close(table, ok=not failed)
