@@ -8,15 +8,14 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from boneseg.config import Config
 from boneseg.dataset import SliceDataset
 from boneseg.errors import DataError
 from boneseg.models import build_model
 from boneseg.nifti import atomic_path, atomic_write_text
 from boneseg.slices import load_index
-from boneseg.train import autocast_args, make_loader, make_optim, resolve_device, seed_everything, train_epoch
+from boneseg.train import (grad_scaler, make_loader, make_optim, place_model, prepare_runtime, seed_everything,
+                           train_epoch)
 
 
 def pretrain(cfg: Config, out: str | Path | None = None) -> dict:
@@ -27,18 +26,12 @@ def pretrain(cfg: Config, out: str | Path | None = None) -> dict:
                         "or import a thigh cohort (boneseg import --cohort thigh).")
     pc = cfg.pretrain
     tc = cfg.train.model_copy(update={"epochs": pc.epochs, "batch_size": pc.batch_size, "lr": pc.lr})
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = resolve_device(tc)
-    autocast = autocast_args(tc, device)
+    device, autocast = prepare_runtime(tc)
     seed_everything(pc.seed)
-    model, _ = build_model(2, "none")  # femur vs background
-    model.to(device)
-    if tc.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = place_model(build_model(2, "none")[0], tc, device)  # femur vs background
     ds = SliceDataset(cfg.data.slices_dir, thighs, classes="single")
     opt, sched = make_optim(model, tc, len(make_loader(ds, tc, 0, pc.seed)), tc.epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast.get("dtype") == torch.float16)
+    scaler = grad_scaler(autocast)
     history = [train_epoch(model, make_loader(ds, tc, e, pc.seed), opt, sched, scaler, tc, device, autocast)
                for e in range(tc.epochs)]
     from safetensors.torch import save_file

@@ -10,7 +10,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,26 @@ def autocast_args(tc: TrainConfig, device: torch.device) -> dict:
         return {"device_type": device.type, "enabled": False}
     use_bf16 = tc.amp == "bf16" or (tc.amp == "auto" and torch.cuda.is_bf16_supported())
     return {"device_type": "cuda", "dtype": torch.bfloat16 if use_bf16 else torch.float16, "enabled": True}
+
+
+def prepare_runtime(tc: TrainConfig) -> tuple[torch.device, dict]:
+    """Threads, device and autocast settings of a training run (fit and pretrain)."""
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc)
+    return device, autocast_args(tc, device)
+
+
+def place_model(model, tc: TrainConfig, device: torch.device):
+    model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def grad_scaler(autocast: dict) -> torch.amp.GradScaler:
+    """Loss scaling only for fp16 (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler("cuda", enabled=autocast.get("dtype") == torch.float16)
 
 
 def seed_everything(seed: int) -> None:
@@ -184,23 +204,18 @@ def fit(cfg: Config, case: str, fold: int, out_dir: str | Path | None = None, ca
     out = Path(out_dir) if out_dir else trial_dir(cfg, case, fold)
     train_cases, val_cases, test_cases = fold_cases(cfg, fold)
     index = load_index(cfg.data.slices_dir)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(tc)
-    autocast = autocast_args(tc, device)
+    device, autocast = prepare_runtime(tc)
     seed_everything(tc.seed + fold)
     model, weights = build_model(5 if classes == "multi" else 2,
                                  cfg.model.encoder_weights if init == "pretrained" else "none", cfg.model.thigh_weights)
-    model.to(device)
-    if tc.channels_last:
-        model.to(memory_format=torch.channels_last)
+    place_model(model, tc, device)
     ds = SliceDataset(cfg.data.slices_dir, train_cases, classes)
     if len(ds) == 0:
         raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
     steps = len(make_loader(ds, tc, 0, tc.seed))
     opt, sched = make_optim(model, tc, steps, tc.epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast.get("dtype") == torch.float16)
+    scaler = grad_scaler(autocast)
     fp = trial_fingerprint(cfg, case, fold)
     ckpt_path = out / "checkpoint.pt"
     state = load_checkpoint(ckpt_path, fp) if resume else None
@@ -217,9 +232,10 @@ def fit(cfg: Config, case: str, fold: int, out_dir: str | Path | None = None, ca
             "val_cases": val_cases, "test_cases": test_cases, "steps_per_epoch": steps, "resumed_from_epoch": start}
     for cb in callbacks:
         getattr(cb, "on_start", lambda i: None)(info)
+    last_val = None  # (summary, rows) of the model as it stands
     for epoch in range(start, tc.epochs):
         tr = train_epoch(model, make_loader(ds, tc, epoch, tc.seed), opt, sched, scaler, tc, device, autocast)
-        val, _ = validate(model, val_cases, cfg, classes, device, autocast, index)
+        val, rows = last_val = validate(model, val_cases, cfg, classes, device, autocast, index)
         metrics = {"epoch": epoch, **epoch_metrics(tr, val)}
         history.append(metrics)
         save_checkpoint(ckpt_path, fingerprint=fp, epoch=epoch, model=model.state_dict(),
@@ -227,16 +243,19 @@ def fit(cfg: Config, case: str, fold: int, out_dir: str | Path | None = None, ca
                         rng=rng_state(), history=history, info=info)
         for cb in callbacks:
             getattr(cb, "on_epoch", lambda *a: None)(epoch, metrics, ckpt_path)
-    result = finish(model, cfg, case, fold, out, history, info, device, autocast, index, ckpt_path)
+    result = finish(model, cfg, case, fold, out, history, info, device, autocast, index, ckpt_path, last_val)
     for cb in callbacks:
         getattr(cb, "on_end", lambda r: None)(result)
     return result
 
 
-def finish(model, cfg, case, fold, out, history, info, device, autocast, index, ckpt_path) -> TrialResult:
-    """Final 3-D evaluation of validation and test patients -> summary.json + model.pt."""
+def finish(model, cfg, case, fold, out, history, info, device, autocast, index, ckpt_path,
+           last_val=None) -> TrialResult:
+    """Final 3-D evaluation of validation and test patients -> summary.json + model.pt.
+    `last_val` is the last epoch's validation of this same model (None after a resume
+    that had no epoch left to train)."""
     classes = info["classes"]
-    val, val_rows = validate(model, info["val_cases"], cfg, classes, device, autocast, index)
+    val, val_rows = last_val or validate(model, info["val_cases"], cfg, classes, device, autocast, index)
     test, test_rows = validate(model, info["test_cases"], cfg, classes, device, autocast, index) \
         if info["test_cases"] else ({"bone_dice": float("nan")}, [])
     summary = {"case": case, "fold": fold, "classes": classes, "init": info["init"], "weights": info["weights"],
@@ -249,10 +268,6 @@ def finish(model, cfg, case, fold, out, history, info, device, autocast, index, 
                     preprocessing=summary["preprocessing"], weights=info["weights"])
     return TrialResult(case, fold, val["bone_dice"], test["bone_dice"], history, str(out / "summary.json"),
                        str(ckpt_path), info["weights"], info["resumed_from_epoch"])
-
-
-def result_dict(r: TrialResult) -> dict:
-    return asdict(r)
 
 
 # ---------------------------------------------------------------- CLI
