@@ -80,6 +80,7 @@ def summarise(rows: list[dict]) -> dict:
     return {
         "bone_dice": nanmean(bone),
         "bone_dice_pooled": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else float("nan"),
+        "bone_tp": tp, "bone_fp": fp, "bone_fn": fn,
         "n_cases": len(rows),
         "n_nan": int(sum(np.isnan(b) for b in bone)),
         "loss": nanmean([r["loss"] for r in rows]),

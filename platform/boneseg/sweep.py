@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 
 from boneseg.config import CASES, Config
-
-# Tune warns on every checkpoint of short trials; one per epoch is what we want
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# the legacy reporter honours verbose=0 (no boxed tables); our callback prints one line per event
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from boneseg.errors import BonesegError, ConfigError
 from boneseg.nifti import atomic_write_text
+
+# read by Ray when the driver starts it: Tune warns on every checkpoint of short trials
+# (one per epoch is what we want), and only the legacy reporter honours verbose=0 (no
+# boxed tables; our callback prints one line per event)
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 STATE_FILE = "boneseg_sweep.json"
 FAULT_ENV = "BONESEG_INJECT_FAULT"  # tests only: "raise|sigkill:<case>:<fold>:<epoch>:<marker file>"
@@ -109,10 +110,9 @@ def trainable(config: dict) -> None:
     os.replace(work / "model.pt", final_dir / "model.pt")
     (work / "checkpoint.pt").unlink(missing_ok=True)  # the trial is done: keep the final model only
     mean = summary["mean"]
-    tp, fp, fn = (sum(c[k].get("bone", 0) for c in summary["metric_per_case"]) for k in ("tp", "fp", "fn"))
     final = {"final": True, "case": case, "fold": fold, "bone_dice": r.bone_dice,
              "test_bone_dice": r.test_bone_dice, "bone_dice_pooled": mean["bone_dice_pooled"],
-             "bone_tp": tp, "bone_fp": fp, "bone_fn": fn, "summary": json.dumps(summary, default=float),
+             **{k: mean[k] for k in ("bone_tp", "bone_fp", "bone_fn")}, "summary": json.dumps(summary, default=float),
              "node_id": ray.get_runtime_context().get_node_id(), "resumed_from_epoch": r.resumed_from_epoch}
     (final_dir / "final.json").write_text(json.dumps(final))
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(final_dir)))
@@ -134,10 +134,16 @@ def _make_tracker(cfg_dict: dict, sweep_name: str, parent_run_id: str, n_folds: 
         def __init__(self):
             self.args = (cfg_dict, sweep_name, parent_run_id, n_folds)
             self._runs = None
-            self.nodes: set[str] = set()
+            self._rid: dict[tuple, str] = {}  # (case, fold) -> fold run id
+            self._started: set[str] = set()  # fold runs whose params are logged
 
         def __getstate__(self):
-            return {"args": self.args, "_runs": None, "nodes": set()}
+            return {"args": self.args, "_runs": None, "_rid": {}, "_started": set()}
+
+        def _fold_run(self, case, fold):
+            if (case, fold) not in self._rid:
+                self._rid[case, fold] = self.runs.fold_run(case, fold)
+            return self._rid[case, fold]
 
         @property
         def runs(self):
@@ -149,13 +155,12 @@ def _make_tracker(cfg_dict: dict, sweep_name: str, parent_run_id: str, n_folds: 
 
         def on_trial_start(self, iteration, trials, trial, **info):
             case, fold = trial.config["case"], trial.config["fold"]
-            self.runs.fold_run(case, fold)
+            self._rid[case, fold] = self.runs.fold_run(case, fold)  # a retry reopens its run
             _log(f"start   {case}/fold{fold}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             case, fold = trial.config["case"], trial.config["fold"]
-            rid = self.runs.fold_run(case, fold)
-            self.nodes.add(result.get("node_id", "?"))
+            rid = self._fold_run(case, fold)
             if result.get("final"):
                 self.runs.finish_fold(rid, result, result["summary"])
                 _log(f"done    {case}/fold{fold}: bone Dice {result['bone_dice']:.4f} "
@@ -164,7 +169,8 @@ def _make_tracker(cfg_dict: dict, sweep_name: str, parent_run_id: str, n_folds: 
                 if scores:
                     _log(f"case    {case}: bone Dice {scores['bone_dice_mean']:.4f} +- {scores['bone_dice_std']:.4f}")
                 return
-            if "case" not in self.runs.client.get_run(rid).data.params:
+            if rid not in self._started:  # idempotent: a resumed run keeps its logged params
+                self._started.add(rid)
                 self.runs.start_fold(rid, {"case": case, "fold": fold, "classes": CASES[case][0],
                                            "init": CASES[case][1], "device": result.get("device", "?"),
                                            "amp": result.get("amp", "?"),

@@ -17,6 +17,11 @@ def tracking_uri(cfg: Config) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
 
 
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
 def git_tags() -> dict[str, str]:
     """The code version a run used: commit and whether the checkout had uncommitted changes."""
     def git(*args):
@@ -87,8 +92,7 @@ class MlflowTrial:
 
         self.mlflow = mlflow
         self.client = mlflow.MlflowClient(tracking_uri(cfg))
-        exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.tracking.experiment)
+        exp_id = experiment_id(self.client, cfg.tracking.experiment)
         all_tags = {"mlflow.runName": run_name, **git_tags(), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -143,8 +147,7 @@ class SweepRuns:
 
         self.mlflow = mlflow
         self.client = mlflow.MlflowClient(tracking_uri(cfg))
-        exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
-        self.exp_id = exp.experiment_id if exp else self.client.create_experiment(cfg.tracking.experiment)
+        self.exp_id = experiment_id(self.client, cfg.tracking.experiment)
         self.cfg = cfg
         if parent_run_id is None:
             all_tags = {"mlflow.runName": sweep_name, "kind": "sweep", **git_tags(), **dvc_hashes(), **(tags or {})}
