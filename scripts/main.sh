@@ -12,3 +12,4 @@ if [ ! -d .git ]; then
 fi
 dvc repro "$@"
 dvc metrics show results/metrics.json
+echo "report: results/report/index.html; new CTs: boneseg segment --input CT --output SEG --model results/model"

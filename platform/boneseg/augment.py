@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 
 def random_affine(x: torch.Tensor, y: torch.Tensor, rotate_deg: float, scale: float, shift: float):
-    """x (B, C, H, W) float, y (B, H, W) int64 -> both warped by one affine per sample."""
+    """x (B, C, H, W) float, y (B, H, W) int64 ids or (B, K, H, W) float fractions -> both
+    warped by one affine per sample (ids nearest, fractions bilinear; outside = background)."""
     b = x.shape[0]
     ang = (torch.rand(b) * 2 - 1) * math.radians(rotate_deg)
     s = 1 + (torch.rand(b) * 2 - 1) * scale
@@ -23,6 +24,10 @@ def random_affine(x: torch.Tensor, y: torch.Tensor, rotate_deg: float, scale: fl
     theta = theta.to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if y.is_floating_point():
+        y = F.grid_sample(y.to(x.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        y[:, 0] += 1 - y.sum(1)  # mass from outside the slice is background
+        return x, y
     y = F.grid_sample(y[:, None].to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return x, y[:, 0].round().long()
 

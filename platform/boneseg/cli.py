@@ -8,7 +8,7 @@ from boneseg import __version__
 from boneseg.errors import BonesegError
 
 # subcommand modules, in pipeline order; each has add_parser(sub) and main(args, cfg)
-STAGES = ("config", "synth", "importer", "labels", "splits", "slices", "pretrain", "train", "sweep", "evaluate_cmd", "preview")
+STAGES = ("config", "synth", "importer", "labels", "splits", "slices", "pretrain", "train", "sweep", "report", "evaluate_cmd", "segment", "preview")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -124,6 +124,8 @@ class TrainConfig(_Strict):
     final_div_factor: float = Field(1e4, gt=0)
     loss: Literal["dice", "dice_ce"] = "dice_ce"
     ce_weight: float = Field(1.0, ge=0)
+    targets: Literal["soft", "hard"] = Field(
+        "hard", description="soft: area fractions of each label per slice pixel; hard: nearest-sampled ids")
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
     channels_last: bool = True
     augment: bool = Field(True, description="random affine + intensity jitter on training batches")
@@ -147,6 +149,8 @@ class PretrainConfig(_Strict):
 class TrackingConfig(_Strict):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (MLFLOW_TRACKING_URI wins)")
     experiment: str = "boneseg"
+    registered_model: str | None = Field(
+        "boneseg", description="the sweep registers its best case's fold models under this name (null: not)")
 
 
 class SweepConfig(_Strict):
@@ -162,6 +166,8 @@ class SweepConfig(_Strict):
     log_model: bool = Field(True, description="log each fold's final model.pt to its MLflow run")
     metrics_file: str = "results/metrics.json"
     folds_file: str = "results/folds.csv"
+    model_dir: str = Field("results/model", description="the best case's fold models + boneseg.json")
+    trials_dir: str = Field("results/trials", description="every trial's summary.json + history.json")
 
     @field_validator("cases")
     @classmethod
@@ -170,6 +176,14 @@ class SweepConfig(_Strict):
         if bad or not v:
             raise ValueError(f"expected cases from {list(CASES)}, got {v}")
         return v
+
+
+class ReportConfig(_Strict):
+    """The `report` stage: figures, overlays and bootstrap confidence intervals."""
+
+    out_dir: str = "results/report"
+    bootstrap: int = Field(10000, ge=100, description="paired bootstrap resamples (patients as the unit)")
+    seed: int = 0
 
 
 class Config(_Strict):
@@ -182,6 +196,7 @@ class Config(_Strict):
     pretrain: PretrainConfig = PretrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     sweep: SweepConfig = SweepConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def deep_merge(base: dict, override: dict) -> dict:

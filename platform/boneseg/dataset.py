@@ -20,6 +20,19 @@ def fold_labels(label: np.ndarray, classes: str) -> np.ndarray:
     return label
 
 
+def fold_soft(soft_u8: np.ndarray, classes: str) -> np.ndarray:
+    """(..., 5, S, S) uint8 fractions x255 -> float32 class probabilities that sum to 1
+    over the K axis: 5 for multi-class, 2 (background, bone) for single-class."""
+    frac = np.asarray(soft_u8, dtype=np.float32)
+    frac /= np.maximum(frac.sum(axis=-3, keepdims=True), 1.0)  # undo x255 rounding
+    if classes == "single":
+        bone = frac[..., 1:2, :, :]
+        return np.concatenate([1.0 - bone, bone], axis=-3)
+    if classes != "multi":
+        raise ValueError(f"classes: expected 'multi' or 'single', got {classes!r}")
+    return frac
+
+
 def stack_25d(volume_zss: np.ndarray, z: int) -> np.ndarray:
     """(Z, S, S) -> (3, S, S) for slice z: neighbours z-1, z, z+1; edges repeat themselves."""
     n = volume_zss.shape[0]
@@ -28,15 +41,18 @@ def stack_25d(volume_zss: np.ndarray, z: int) -> np.ndarray:
 
 
 class SliceDataset(Dataset):
-    """Every axial slice of `cases`; items are (x (3,S,S) float32, y (S,S) int64)."""
+    """Every axial slice of `cases`; items are (x (3,S,S) float32, y): y is (S,S) int64
+    ids for targets="hard", (K,S,S) float32 label fractions for targets="soft"."""
 
-    def __init__(self, slices_dir: str | Path, cases: list[str], classes: str = "multi"):
+    def __init__(self, slices_dir: str | Path, cases: list[str], classes: str = "multi", targets: str = "hard"):
         self.root = Path(slices_dir)
         index = load_index(self.root)
         missing = [c for c in cases if c not in index["cases"]]
         if missing:
             raise DataError(f"{self.root}: cases {missing} have no slices. Re-run `boneseg slices`.")
-        self.cases, self.classes = list(cases), classes
+        if targets not in ("hard", "soft"):
+            raise ValueError(f"targets: expected 'hard' or 'soft', got {targets!r}")
+        self.cases, self.classes, self.targets = list(cases), classes, targets
         self.items = [(c, z) for c in self.cases for z in range(index["cases"][c]["z"])]
         self.image_size = index["image_size"]
         self._open: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -47,12 +63,17 @@ class SliceDataset(Dataset):
     def _arrays(self, case: str):
         if case not in self._open:  # memory-mapped lazily, per worker process
             d = self.root / case
-            self._open[case] = (np.load(d / "image.npy", mmap_mode="r"), np.load(d / "label.npy", mmap_mode="r"))
+            name = "soft.npy" if self.targets == "soft" else "label.npy"
+            if not (d / name).is_file():
+                raise DataError(f"{d / name}: not found (slices from an older boneseg). Re-run `boneseg slices`.")
+            self._open[case] = (np.load(d / "image.npy", mmap_mode="r"), np.load(d / name, mmap_mode="r"))
         return self._open[case]
 
     def __getitem__(self, i: int):
         case, z = self.items[i]
         image, label = self._arrays(case)
         x = stack_25d(image, z).astype(np.float32)
+        if self.targets == "soft":
+            return torch.from_numpy(x), torch.from_numpy(fold_soft(label[z], self.classes))
         y = fold_labels(np.asarray(label[z]), self.classes).astype(np.int64)
         return torch.from_numpy(x), torch.from_numpy(y)

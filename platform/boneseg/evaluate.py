@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneseg.dataset import fold_labels
+from boneseg.dataset import fold_labels, fold_soft
 from boneseg.losses import segmentation_loss
 from boneseg.metrics import dice, nanmean
 from boneseg.nifti import LABEL_IDS, load_labels
@@ -56,11 +56,15 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing, n_classes: int) -
 
 
 def evaluate_case(model, case: str, slices_dir: Path, labels_dir: Path, index: dict, classes: str,
-                  device, autocast: dict, loss_kind: str = "dice_ce", batch: int = 32) -> dict:
-    """Predict one patient and score it in its CT's own space; also the 2-D loss at slice size."""
+                  device, autocast: dict, loss_kind: str = "dice_ce", batch: int = 32, targets: str = "hard") -> dict:
+    """Predict one patient and score it in its CT's own space; also the 2-D loss at slice
+    size against the same kind of target that training uses."""
     d = Path(slices_dir) / case
     image = np.load(d / "image.npy", mmap_mode="r")
-    small_truth = torch.from_numpy(fold_labels(np.load(d / "label.npy"), classes).astype(np.int64))
+    if targets == "soft":
+        small_truth = torch.from_numpy(fold_soft(np.load(d / "soft.npy"), classes))
+    else:
+        small_truth = torch.from_numpy(fold_labels(np.load(d / "label.npy"), classes).astype(np.int64))
     logits = predict_slices(model, image, device, autocast, batch)
     loss = float(segmentation_loss(logits, small_truth, loss_kind))
     info = index["cases"][case]

@@ -29,7 +29,7 @@ def pretrain(cfg: Config, out: str | Path | None = None) -> dict:
     device, autocast = prepare_runtime(tc)
     seed_everything(pc.seed)
     model = place_model(build_model(2, "none")[0], tc, device)  # femur vs background
-    ds = SliceDataset(cfg.data.slices_dir, thighs, classes="single")
+    ds = SliceDataset(cfg.data.slices_dir, thighs, classes="single", targets=tc.targets)
     opt, sched = make_optim(model, tc, len(make_loader(ds, tc, 0, pc.seed)), tc.epochs)
     scaler = grad_scaler(autocast)
     history = [train_epoch(model, make_loader(ds, tc, e, pc.seed), opt, sched, scaler, tc, device, autocast)

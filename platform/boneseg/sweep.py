@@ -22,7 +22,7 @@ from pathlib import Path
 
 from boneseg.config import CASES, Config
 from boneseg.errors import BonesegError, ConfigError
-from boneseg.nifti import atomic_write_text
+from boneseg.nifti import LABEL_IDS, atomic_dir, atomic_write_text
 
 # read by Ray when the driver starts it: Tune warns on every checkpoint of short trials
 # (one per epoch is what we want), and only the legacy reporter honours verbose=0 (no
@@ -31,6 +31,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 STATE_FILE = "boneseg_sweep.json"
+MODEL_MANIFEST = "boneseg.json"
 FAULT_ENV = "BONESEG_INJECT_FAULT"  # tests only: "raise|sigkill:<case>:<fold>:<epoch>:<marker file>"
 
 
@@ -108,6 +109,7 @@ def trainable(config: dict) -> None:
     final_dir = work / "final"
     final_dir.mkdir(exist_ok=True)
     os.replace(work / "model.pt", final_dir / "model.pt")
+    shutil.copy2(work / "history.json", final_dir / "history.json")
     (work / "checkpoint.pt").unlink(missing_ok=True)  # the trial is done: keep the final model only
     mean = summary["mean"]
     final = {"final": True, "case": case, "fold": fold, "bone_dice": r.bone_dice,
@@ -272,7 +274,8 @@ def check_resources(cfg: Config) -> None:
 
 
 def fingerprint(cfg: Config, cases, folds) -> str:
-    keep = cfg.model_dump(exclude={"sweep": {"storage_path", "log_model"}, "tracking": True})
+    keep = cfg.model_dump(exclude={"sweep": {"storage_path", "log_model", "model_dir", "trials_dir"}, "tracking": True,
+                                   "report": True})
     return hashlib.sha256(json.dumps([keep, cases, folds], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -367,8 +370,12 @@ def _run(cfg: Config, cases, folds, storage: Path, fp: str, exp_dir: Path | None
         raise
     table, rows, failed = collect(grid_result, runs, cases, n_folds)
     prune(grid_result)
+    registered = export(cfg, grid_result, table, runs, exp_dir.name) if table and not failed else None
     runs.close(table, ok=not failed)
     write_results(cfg, table, rows)
+    if registered:
+        _log(f"best case {max(table, key=lambda c: table[c]['bone_dice_mean'])}: fold models in "
+             f"{cfg.sweep.model_dir}" + (f", registered as {registered}" if registered != "-" else ""))
     _write_state(exp_dir, fp, runs.parent, "finished" if not failed else "failed")
     if failed:
         raise BonesegError(f"{len(failed)} trial(s) failed after {cfg.sweep.max_failures} retries: "
@@ -416,6 +423,46 @@ def prune(grid_result) -> None:
         for p in [work / "checkpoint.pt", *work.glob("report_*"), *work.glob(".checkpoint.pt.*.tmp"),
                   *work.glob("final")]:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _final_dirs(grid_result):
+    """(case, fold, local folder with model.pt, final.json, history.json) of finished trials."""
+    for r in grid_result:
+        if r.error or not (r.metrics or {}).get("final") or r.checkpoint is None:
+            continue
+        with r.checkpoint.as_directory() as d:  # a local path, or a download from remote storage
+            yield r.config["case"], int(r.config["fold"]), Path(d)
+
+
+def export(cfg: Config, grid_result, table: dict, runs, sweep_name: str) -> str:
+    """Per-trial summaries + histories (results/trials, read by `report`), the best case's
+    fold models (results/model, `segment --model results/model`), registered in MLflow.
+    Returns the registered model URI ("-" when registration is off)."""
+    best = max(table, key=lambda c: table[c]["bone_dice_mean"])
+    manifest = {"case": best, "folds": [], "label_ids": {str(k): v for k, v in LABEL_IDS.items()},
+                "scores": table[best], "sweep": sweep_name, "sweep_run_id": runs.parent}
+    with atomic_dir(cfg.sweep.trials_dir) as trials, atomic_dir(cfg.sweep.model_dir) as models:
+        for case, fold, d in _final_dirs(grid_result):
+            t = trials / case / f"fold{fold}"
+            t.mkdir(parents=True)
+            summary = json.loads(json.loads((d / "final.json").read_text())["summary"])
+            (t / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+            if (d / "history.json").is_file():
+                shutil.copy2(d / "history.json", t / "history.json")
+            if case == best:
+                shutil.copy2(d / "model.pt", models / f"fold{fold}.pt")
+                manifest["folds"].append(fold)
+                manifest.update(classes=summary["classes"], preprocessing=summary["preprocessing"])
+        manifest["folds"].sort()
+        uri = "-"
+        if cfg.tracking.registered_model:
+            (models / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+            uri = runs.register_model(cfg.tracking.registered_model, best, models, manifest)
+            manifest["registered_model"] = uri
+        (models / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        (trials / "index.json").write_text(json.dumps({"sweep": sweep_name, "sweep_run_id": runs.parent,
+                                                       "best_case": best, "registered_model": uri}, indent=1) + "\n")
+    return uri
 
 
 def write_results(cfg: Config, table: dict, rows: list) -> None:

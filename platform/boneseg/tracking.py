@@ -113,6 +113,8 @@ class MlflowTrial:
         out = Path(result.summary_path).parent
         for name in ("summary.json", "history.json"):
             self.client.log_artifact(self.run_id, str(out / name))
+        if (out / "model.pt").is_file():  # `boneseg segment --model <this run id>`
+            self.client.log_artifact(self.run_id, str(out / "model.pt"), "model")
 
     def close(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
@@ -210,6 +212,33 @@ class SweepRuns:
         path = Path(model_dir) / "model.pt"
         if rid and self.cfg.sweep.log_model and path.is_file():
             self.client.log_artifact(rid, str(path), "model")
+
+    def register_model(self, name: str, case: str, model_dir: Path, manifest: dict) -> str:
+        """The case's fold models (+ boneseg.json) as the case run's `ensemble` artifact,
+        registered as a new version of `name`; returns models:/<name>/<version>."""
+        from mlflow.exceptions import MlflowException
+
+        rid = self.case_run(case)
+        self.client.log_artifacts(rid, str(model_dir), "ensemble")
+        try:
+            self.client.create_registered_model(
+                name, description="boneseg fold-model ensembles: `boneseg segment --model models:/NAME/VERSION`")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        s = manifest["scores"]
+        mv = self.client.create_model_version(
+            name, f"runs:/{rid}/ensemble", run_id=rid,
+            tags={"case": case, "classes": manifest.get("classes", ""), "folds": ",".join(map(str, manifest["folds"])),
+                  "image_size": str(manifest.get("preprocessing", {}).get("image_size", "")),
+                  "window": json.dumps(manifest.get("preprocessing", {}).get("window", [])),
+                  "sweep_id": self.parent, "bone_dice_mean": f"{s['bone_dice_mean']:.4f}"},
+            description=f"{case}: {len(manifest['folds'])} fold models, softmax-averaged; "
+                        f"bone Dice {s['bone_dice_mean']:.4f} +- {s['bone_dice_std']:.4f} over folds")
+        uri = f"models:/{name}/{mv.version}"
+        self.client.set_tag(self.parent, "registered_model", uri)
+        self.client.set_tag(rid, "registered_model", uri)
+        return uri
 
     def fail_fold(self, case: str, fold: int) -> None:
         rid = self._find(level="fold", case=case, fold=str(fold))

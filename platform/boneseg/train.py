@@ -166,7 +166,7 @@ def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, auto
 
 def validate(model, cases, cfg: Config, classes: str, device, autocast: dict, index: dict) -> tuple[dict, list]:
     rows = [evaluate_case(model, c, Path(cfg.data.slices_dir), Path(cfg.data.labels_dir), index, classes, device,
-                          autocast, cfg.train.loss, cfg.train.eval_batch_size) for c in cases]
+                          autocast, cfg.train.loss, cfg.train.eval_batch_size, cfg.train.targets) for c in cases]
     return summarise(rows), rows
 
 
@@ -210,7 +210,7 @@ def fit(cfg: Config, case: str, fold: int, out_dir: str | Path | None = None, ca
     model, weights = build_model(5 if classes == "multi" else 2,
                                  cfg.model.encoder_weights if init == "pretrained" else "none", cfg.model.thigh_weights)
     place_model(model, tc, device)
-    ds = SliceDataset(cfg.data.slices_dir, train_cases, classes)
+    ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
     if len(ds) == 0:
         raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
     steps = len(make_loader(ds, tc, 0, tc.seed))

@@ -49,8 +49,10 @@ def repo(tmp_path):
 def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     repo, env = repo
     first = run("dvc repro", repo, env)
-    assert ran_stages(first) == {"synth", "labels", "splits", "slices", "pretrain", "sweep"}
+    assert ran_stages(first) == {"synth", "labels", "splits", "slices", "pretrain", "sweep", "report"}
     assert (repo / "data/slices/index.json").is_file() and (repo / "data/labels/qa.json").is_file()
+    assert "multi-random" in (repo / "results/report/index.html").read_text()
+    assert sorted(p.name for p in (repo / "results/model").iterdir()) == ["boneseg.json", "fold0.pt", "fold1.pt"]
 
     again = run("dvc repro", repo, env)
     assert ran_stages(again) == set() and "Data and pipelines are up to date." in again
@@ -58,11 +60,11 @@ def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["splits"]["seed"] = 99
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run("dvc repro", repo, env)) == {"splits", "sweep"}
+    assert ran_stages(run("dvc repro", repo, env)) == {"splits", "sweep", "report"}
 
     params["data"]["image_size"] = 64
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run("dvc repro", repo, env)) == {"slices", "pretrain", "sweep"}
+    assert ran_stages(run("dvc repro", repo, env)) == {"slices", "pretrain", "sweep", "report"}
     assert "up to date" in run("dvc status", repo, env)
 
     metrics = run("dvc metrics show", repo, env)

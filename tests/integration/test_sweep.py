@@ -23,9 +23,11 @@ BIN = Path(sys.executable).parent
 
 def sweep_cfg(base, tmp_path, cases=("multi-random", "single-random"), epochs=1, uri=None, **sweep):
     s = {"cases": list(cases), "storage_path": str(tmp_path / "ray"), "metrics_file": str(tmp_path / "metrics.json"),
-         "folds_file": str(tmp_path / "folds.csv"), "log_model": False, **sweep}
+         "folds_file": str(tmp_path / "folds.csv"), "log_model": False, "model_dir": str(tmp_path / "model"),
+         "trials_dir": str(tmp_path / "trials"), **sweep}
     return base.model_copy(update={
         "sweep": base.sweep.model_copy(update=s),
+        "report": base.report.model_copy(update={"out_dir": str(tmp_path / "report"), "bootstrap": 500}),
         "train": base.train.model_copy(update={"epochs": epochs, "out_dir": str(tmp_path / "train")}),
         "tracking": base.tracking.model_copy(update={"uri": uri or f"sqlite:///{tmp_path / 'mlflow.db'}"})})
 
@@ -60,7 +62,7 @@ def check_tree(uri, cases, n_folds):
 def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = sweep_cfg(tiny_pipeline, tmp_path)
+    cfg = sweep_cfg(tiny_pipeline, tmp_path, log_model=True)
     table = run_sweep(cfg)
     c, runs = check_tree(cfg.tracking.uri, cfg.sweep.cases, 2)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -76,6 +78,66 @@ def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkey
     fold = runs["fold"][0]
     assert [m.step for m in c.get_metric_history(fold.info.run_id, "val_bone_dice")] == [0]
     assert "summary.json" in {a.path for a in c.list_artifacts(fold.info.run_id)}
+
+    # the best case's fold models: on disk for DVC, and registered in MLflow
+    best = metrics["best_case"]
+    manifest = json.loads((tmp_path / "model" / "boneseg.json").read_text())
+    assert manifest["case"] == best and manifest["folds"] == [0, 1] and manifest["registered_model"] == "models:/boneseg/1"
+    assert manifest["preprocessing"] == {"image_size": 32, "window": [-200.0, 1500.0]}
+    assert sorted(p.name for p in (tmp_path / "model").glob("fold*.pt")) == ["fold0.pt", "fold1.pt"]
+    mv = c.get_model_version("boneseg", "1")
+    assert mv.tags["case"] == best and mv.tags["folds"] == "0,1" and mv.tags["sweep_id"] == parent.info.run_id
+    assert parent.data.tags["registered_model"] == "models:/boneseg/1"
+    assert sorted(p.parent.name for p in (tmp_path / "trials" / best).glob("fold*/history.json")) == ["fold0", "fold1"]
+    check_segment_and_report(cfg, tmp_path, c, parent.info.run_id, metrics, monkeypatch)
+
+
+def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypatch):
+    """`segment --model models:/boneseg/1` == the same fold models from results/model or the
+    sweep's run id; the output lies on the CT's grid; the report quotes metrics.json."""
+    import nibabel as nib
+
+    from boneseg.cli import main as cli
+    from boneseg.report import build_report
+
+    monkeypatch.setenv("BONESEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)
+    params = tmp_path / "params.yaml"
+    params.write_text(to_yaml(cfg))
+    ct = sorted(Path(cfg.data.raw_dir).glob("*/abd*/ct.nii.gz"))[0]
+    import hashlib
+
+    from boneseg.segment import resolve_model
+
+    def digests(paths):
+        return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
+
+    refs = {"registry": "models:/boneseg/1", "folder": str(tmp_path / "model"), "run": parent_id}
+    local = digests((tmp_path / "model").glob("fold*.pt"))
+    for name, ref in refs.items():  # the very same fold models, whichever way they are named
+        assert digests(resolve_model(ref, cfg.tracking.uri)) == local, name
+    outs = {}
+    for name, ref in refs.items():
+        out = tmp_path / "seg" / name / "seg.nii.gz"
+        assert cli(["--params", str(params), "segment", "--input", str(ct), "--output", str(out), "--model", ref]) == 0
+        outs[name] = nib.load(str(out))
+    src = nib.load(str(ct))
+    assert outs["registry"].shape == src.shape
+    np.testing.assert_allclose(outs["registry"].affine, src.affine, atol=1e-5)
+    a = np.asarray(outs["registry"].dataobj)
+    assert np.array_equal(a, np.asarray(outs["folder"].dataobj)) and np.array_equal(a, np.asarray(outs["run"].dataobj))
+    assert (tmp_path / "seg" / "registry" / "itksnap_labels.txt").is_file()
+
+    rep = build_report(cfg)
+    page = (tmp_path / "report" / "index.html").read_text()
+    for case in cfg.sweep.cases:
+        assert f"{metrics[case]['bone_dice_mean']:.4f}" in page and f"{metrics[case]['bone_dice_std']:.4f}" in page
+    for f in ("fig_folds.png", "fig_curves.png", "fig_overlays.png", "report.json"):
+        assert (tmp_path / "report" / f).stat().st_size > 1000 or f == "report.json"
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["metrics"] == metrics and len(saved["statistics"]["differences"]) == 1
+    assert rep["logged_to"] == parent_id
+    assert "report/index.html" in {a.path for a in client.list_artifacts(parent_id, "report")}
 
 
 def test_preflight_reports_each_problem_in_one_line(tiny_pipeline, tmp_path, monkeypatch):

@@ -110,3 +110,16 @@ def test_slices_stage_and_dataset(tmp_path):
     assert max(int(multi[i][1].max()) for i in range(len(multi))) >= 2
     with pytest.raises(DataError, match="have no slices"):
         SliceDataset(tmp_path / "sl", ["nope"])
+    # soft targets: per-pixel label fractions that sum to 1; their argmax agrees with the ids
+    # wherever a pixel is mostly one label
+    soft = SliceDataset(tmp_path / "sl", ["abd000"], classes="multi", targets="soft")
+    hard = SliceDataset(tmp_path / "sl", ["abd000"], classes="multi")
+    ys = torch.stack([soft[i][1] for i in range(len(soft))])
+    yh = torch.stack([hard[i][1] for i in range(len(hard))])
+    assert ys.shape == (len(soft), 5, 32, 32) and ys.dtype == torch.float32
+    torch.testing.assert_close(ys.sum(1), torch.ones_like(ys[:, 0]), atol=1e-5, rtol=0)
+    sure = ys.max(1).values > 0.9
+    assert sure.float().mean() > 0.5 and torch.equal(ys.argmax(1)[sure], yh[sure])
+    assert ((ys[:, 1] > 0.05) & (ys[:, 1] < 0.95)).any()  # partial bone pixels exist (thin shells)
+    single = SliceDataset(tmp_path / "sl", ["abd000"], classes="single", targets="soft")
+    torch.testing.assert_close(single[3][1][1], soft[3][1][1])  # bone kept, the rest is background

@@ -10,6 +10,19 @@ from boneseg.models import UNet
 from boneseg.train import autocast_args, fit
 
 
+def test_loss_of_one_hot_probability_targets_equals_the_loss_of_ids():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 8, 8)
+    ids = torch.randint(0, 5, (2, 8, 8))
+    onehot = torch.nn.functional.one_hot(ids, 5).permute(0, 3, 1, 2).float()
+    for kind in ("dice", "dice_ce"):
+        torch.testing.assert_close(segmentation_loss(logits, onehot, kind), segmentation_loss(logits, ids, kind))
+    from boneseg.augment import random_affine
+
+    x, y = random_affine(torch.rand(2, 3, 8, 8), onehot.clone(), 10, 0.1, 0.1)
+    torch.testing.assert_close(y.sum(1), torch.ones(2, 8, 8))  # warped fractions still sum to 1
+
+
 def test_soft_dice_loss_is_zero_for_a_perfect_prediction_and_high_for_a_wrong_one():
     target = torch.randint(0, 3, (2, 8, 8))
     perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
