@@ -39,14 +39,16 @@ def pair_files(pred: Path, truth: Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def evaluate_folder(pred: Path, truth: Path) -> dict:
+def evaluate_folder(pred: Path, truth: Path, classes: str = "all") -> dict:
+    """classes="bone": score bone only (for single-class predictions; ids 2-4 count as background)."""
+    n = 2 if classes == "bone" else len(LABEL_IDS)
     rows = []
     for case, p, t in pair_files(Path(pred), Path(truth)):
         tv = load_labels(t)
         pv = load_labels(p)
         check_pair(tv, pv, t, p)
-        rows.append({"case": case, **case_metrics(pv.data, tv.data, tv.spacing, len(LABEL_IDS))})
-    classes = [LABEL_IDS[k] for k in range(1, len(LABEL_IDS))]
+        rows.append({"case": case, **case_metrics(pv.data, tv.data, tv.spacing, n)})
+    classes = [LABEL_IDS[k] for k in range(1, n)]
     mean = {c: {"dice": nanmean([r["dice"][c] for r in rows]),
                 "n_nan": sum(r["dice"][c] != r["dice"][c] for r in rows)} for c in classes}
     return {"metric_per_case": rows, "mean": mean, "bone_dice": mean["bone"]["dice"], "n_cases": len(rows)}
@@ -56,12 +58,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice/TP/FP/FN/volumes of label maps vs ground truth (file or folder)")
     p.add_argument("--pred", required=True, help="a label map or a folder of them")
     p.add_argument("--truth", required=True, help="the ground truth file or folder (matched by file name)")
+    p.add_argument("--classes", default="all", choices=["all", "bone"],
+                   help="bone: score bone only (single-class models' outputs)")
     p.add_argument("--json", help="write the full result here")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    res = evaluate_folder(Path(args.pred), Path(args.truth))
+    res = evaluate_folder(Path(args.pred), Path(args.truth), args.classes)
     for r in res["metric_per_case"]:
         print(f"{r['case']:<16} " + "  ".join(f"{k} {v:.4f}" for k, v in r["dice"].items()))
     print(f"{'mean':<16} " + "  ".join(f"{k} {v['dice']:.4f}" for k, v in res["mean"].items()))

@@ -222,6 +222,11 @@ def _f(v: float, nd: int = 4) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
 
+def _p(p: float, n: int) -> str:
+    """A bootstrap p-value: 0 of n resamples on the other side reads < 1/n, not 0."""
+    return f"< {1 / n:.0e}" if p == 0 else _f(p, 3)
+
+
 def render_html(res: dict, stats: dict, figures: list[str], overlays: list[dict]) -> str:
     m = res["metrics"]
     rows = []
@@ -235,7 +240,7 @@ def render_html(res: dict, stats: dict, figures: list[str], overlays: list[dict]
     for d in stats["differences"]:
         excl = not (d["ci95"][0] <= 0 <= d["ci95"][1]) if not math.isnan(d["mean_diff"]) else False
         diffs.append(f"<tr><td>{html.escape(d['a'])} &minus; {html.escape(d['b'])}</td><td>{_f(d['mean_diff'])}</td>"
-                     f"<td>[{_f(d['ci95'][0])}, {_f(d['ci95'][1])}]</td><td>{_f(d['p'], 3)}</td>"
+                     f"<td>[{_f(d['ci95'][0])}, {_f(d['ci95'][1])}]</td><td>{html.escape(_p(d['p'], stats['bootstrap']))}</td>"
                      f"<td>{d['n_patients']}</td><td>{'yes' if excl else 'no'}</td></tr>")
     ov = "".join(f"<li>{o['kind']}: {html.escape(o['patient'])}, fold {o['fold']}, bone Dice {_f(o['dice'])}, "
                  f"slice {o['z']}; {o['fp']} false-positive and {o['fn']} false-negative bone voxels</li>"

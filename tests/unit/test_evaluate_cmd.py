@@ -32,6 +32,8 @@ def test_hand_built_cases(tmp_path):
     assert a["volume_ml_truth"]["bone"] == pytest.approx(2.0) and a["volume_ml_pred"]["bone"] == pytest.approx(1.6)
     assert math.isnan(res["metric_per_case"][1]["bone_dice"])
     assert res["bone_dice"] == pytest.approx(160 / 180) and res["mean"]["bone"]["n_nan"] == 1
+    assert set(res["mean"]) == {"bone", "kidney", "vessel", "liver"}
+    assert set(evaluate_folder(tmp_path / "p", tmp_path / "t", "bone")["mean"]) == {"bone"}
 
 
 def test_cli_writes_json_and_refuses_a_missing_truth(tmp_path, capsys):
