@@ -116,7 +116,8 @@ def resolve_model(ref: str, tracking_uri: str) -> list[Path]:
                 raise DataError(f"--model {ref}: expected models:/<name>/<version> or models:/<name>@<alias>.")
             name, version, alias = m.groups()
             mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
-            dst = _cache_root() / "models" / f"{name}-v{mv.version}"
+            # keyed by the version's run too: another store's "boneseg/1" is another model
+            dst = _cache_root() / "models" / f"{name}-v{mv.version}-{mv.run_id}"
             return _checkpoints_in(_download(tracking_uri, mv.run_id, _artifact_of(mv.source, mv.run_id), dst))
         run = client.get_run(ref)
         paths = []

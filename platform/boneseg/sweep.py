@@ -118,6 +118,9 @@ def trainable(config: dict) -> None:
              "node_id": ray.get_runtime_context().get_node_id(), "resumed_from_epoch": r.resumed_from_epoch}
     (final_dir / "final.json").write_text(json.dumps(final))
     tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(final_dir)))
+    # persisted to storage_path by now; the local copy sits in Ray's session folder
+    # (/tmp/ray/session_*/artifacts), which Ray never cleans: ~100 MB per trial otherwise
+    shutil.rmtree(final_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- driver-side callback

@@ -64,6 +64,8 @@ def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkey
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = sweep_cfg(tiny_pipeline, tmp_path, log_model=True)
     table = run_sweep(cfg)
+    staging = Path("/tmp/ray/session_latest/artifacts")  # Ray's local trial folders (never cleaned by Ray)
+    assert staging.is_dir() and not list(staging.rglob("*.pt")), "model files left in Ray's session folder"
     c, runs = check_tree(cfg.tracking.uri, cfg.sweep.cases, 2)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for case in cfg.sweep.cases:
