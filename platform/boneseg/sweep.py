@@ -397,12 +397,17 @@ def _slices_digest() -> str:
     return dvc_hashes().get("dvc.slices", "")
 
 
+def _finished(r) -> bool:
+    """A trial result that ran to its final report (not errored, not cut short)."""
+    return not r.error and bool((r.metrics or {}).get("final"))
+
+
 def collect(grid_result, runs, cases, n_folds) -> tuple[dict, list, list]:
     """Final results of every trial -> per-case scores and per-patient rows."""
     rows, failed = [], []
     for r in grid_result:
         m = r.metrics or {}
-        if r.error or not m.get("final"):
+        if not _finished(r):
             failed.append(f"{r.config['case']}/fold{r.config['fold']}")
             continue
         s = json.loads(m["summary"])
@@ -420,7 +425,7 @@ def prune(grid_result) -> None:
     """Drop finished trials' full-state checkpoints (~3x the model) from their work folders;
     the final model.pt stays in the Tune checkpoint and the MLflow run."""
     for r in grid_result:
-        if r.error or not (r.metrics or {}).get("final") or not r.path or not os.path.isdir(r.path):
+        if not _finished(r) or not r.path or not os.path.isdir(r.path):
             continue
         work = Path(r.path) / "work"
         for p in [work / "checkpoint.pt", *work.glob("report_*"), *work.glob(".checkpoint.pt.*.tmp"),
@@ -429,12 +434,12 @@ def prune(grid_result) -> None:
 
 
 def _final_dirs(grid_result):
-    """(case, fold, local folder with model.pt, final.json, history.json) of finished trials."""
+    """(case, fold, summary, local folder with model.pt + history.json) of finished trials."""
     for r in grid_result:
-        if r.error or not (r.metrics or {}).get("final") or r.checkpoint is None:
+        if not _finished(r) or r.checkpoint is None:
             continue
         with r.checkpoint.as_directory() as d:  # a local path, or a download from remote storage
-            yield r.config["case"], int(r.config["fold"]), Path(d)
+            yield r.config["case"], int(r.config["fold"]), json.loads(r.metrics["summary"]), Path(d)
 
 
 def export(cfg: Config, grid_result, table: dict, runs, sweep_name: str) -> str:
@@ -445,10 +450,9 @@ def export(cfg: Config, grid_result, table: dict, runs, sweep_name: str) -> str:
     manifest = {"case": best, "folds": [], "label_ids": {str(k): v for k, v in LABEL_IDS.items()},
                 "scores": table[best], "sweep": sweep_name, "sweep_run_id": runs.parent}
     with atomic_dir(cfg.sweep.trials_dir) as trials, atomic_dir(cfg.sweep.model_dir) as models:
-        for case, fold, d in _final_dirs(grid_result):
+        for case, fold, summary, d in _final_dirs(grid_result):
             t = trials / case / f"fold{fold}"
             t.mkdir(parents=True)
-            summary = json.loads(json.loads((d / "final.json").read_text())["summary"])
             (t / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
             if (d / "history.json").is_file():
                 shutil.copy2(d / "history.json", t / "history.json")
