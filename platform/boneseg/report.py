@@ -27,6 +27,7 @@ import numpy as np
 from boneseg.config import Config
 from boneseg.errors import DataError
 from boneseg.nifti import atomic_dir
+from boneseg.slices import apply_window
 
 CASE_ORDER = ("multi-random", "single-random", "multi-pretrained", "single-pretrained")
 
@@ -57,9 +58,13 @@ def load_results(cfg: Config) -> dict:
 
 
 # ---------------------------------------------------------------- statistics
+def _resampled_means(values: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of `n` resamples (with replacement) of `values`."""
+    return values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+
+
 def bootstrap_mean_ci(values: np.ndarray, n: int, rng: np.random.Generator) -> tuple[float, float]:
-    idx = rng.integers(0, len(values), size=(n, len(values)))
-    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    lo, hi = np.percentile(_resampled_means(values, n, rng), [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -74,8 +79,7 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], n: int = 10000, s
     if len(common) < 2:
         return {"n_patients": len(common), "mean_diff": float("nan"), "ci95": [float("nan")] * 2, "p": float("nan")}
     d = np.array([a[p] - b[p] for p in common])
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    means = _resampled_means(d, n, np.random.default_rng(seed))
     lo, hi = np.percentile(means, [2.5, 97.5])
     p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
     return {"n_patients": len(common), "mean_diff": float(d.mean()), "ci95": [float(lo), float(hi)], "p": p}
@@ -83,15 +87,14 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], n: int = 10000, s
 
 def statistics(res: dict, n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
+    scores = {c: per_patient(res["rows"], c) for c in res["cases"]}
     cases = {}
-    for c in res["cases"]:
-        v = np.array(list(per_patient(res["rows"], c).values()))
+    for c, by_patient in scores.items():
+        v = np.array(list(by_patient.values()))
         cases[c] = {"patient_mean": float(v.mean()) if len(v) else float("nan"), "n_patients": len(v),
                     "ci95": list(bootstrap_mean_ci(v, n, rng)) if len(v) > 1 else [float("nan")] * 2}
-    pairs = []
-    for a, b in itertools.combinations(res["cases"], 2):
-        pairs.append({"a": a, "b": b, **paired_bootstrap(per_patient(res["rows"], a), per_patient(res["rows"], b),
-                                                         n, seed)})
+    pairs = [{"a": a, "b": b, **paired_bootstrap(scores[a], scores[b], n, seed)}
+             for a, b in itertools.combinations(res["cases"], 2)]
     return {"cases": cases, "differences": pairs, "bootstrap": n, "seed": seed}
 
 
@@ -138,13 +141,15 @@ def fig_curves(res: dict, path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     colours = {c: plt.get_cmap("tab10")(i) for i, c in enumerate(res["cases"])}
-    for (case, fold), hist in sorted(res["histories"].items()):
+    labelled = set()  # one legend entry per case
+    for (case, _fold), hist in sorted(res["histories"].items()):
         if case not in colours:
             continue
         ep = [h["epoch"] for h in hist]
         for ax, key in zip(axes, ("val_bone_dice", "train_loss")):
             ax.plot(ep, [h.get(key, float("nan")) for h in hist], color=colours[case], alpha=0.7, lw=1,
-                    label=case if fold == min(f for c, f in res["histories"] if c == case) else None)
+                    label=None if case in labelled else case)
+        labelled.add(case)
     for ax, title in zip(axes, ("validation bone Dice", "training loss")):
         ax.set_xlabel("epoch")
         ax.set_title(f"{title} (one line per fold)", fontsize=9)
@@ -199,7 +204,7 @@ def fig_overlays(items: list[dict], window, path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(len(items), 2, figsize=(8, 4 * len(items)), dpi=110, squeeze=False)
     for row, it in zip(axes, items):
-        img = np.clip((it["ct"] - window[0]) / (window[1] - window[0]), 0, 1)
+        img = apply_window(it["ct"], window)
         rgb = np.stack([img] * 3, axis=-1)
         over = rgb.copy()
         for mask, colour in (((it["pred"] & it["truth"]), (0.2, 0.85, 0.2)), ((it["pred"] & ~it["truth"]), (1, 0.1, 0.1)),
