@@ -33,6 +33,27 @@ def fold_soft(soft_u8: np.ndarray, classes: str) -> np.ndarray:
     return frac
 
 
+TARGET_FILES = {"hard": "label.npy", "soft": "soft.npy"}  # per case under data/slices/<case>/
+
+
+def open_targets(case_dir: Path, targets: str, mmap: bool = True) -> np.ndarray:
+    """A case's stored training targets: ids (Z, S, S) or fractions (Z, 5, S, S)."""
+    if targets not in TARGET_FILES:
+        raise ValueError(f"targets: expected 'hard' or 'soft', got {targets!r}")
+    path = Path(case_dir) / TARGET_FILES[targets]
+    if not path.is_file():
+        raise DataError(f"{path}: not found (slices from an older boneseg). Re-run `boneseg slices`.")
+    return np.load(path, mmap_mode="r" if mmap else None)
+
+
+def fold_targets(stored: np.ndarray, classes: str, targets: str) -> torch.Tensor:
+    """Stored targets (one slice or a stack) -> what the loss takes: int64 ids for "hard",
+    float32 class fractions for "soft"; single-class folds kidney/vessel/liver into 0."""
+    if targets == "soft":
+        return torch.from_numpy(fold_soft(stored, classes))
+    return torch.from_numpy(fold_labels(np.asarray(stored), classes).astype(np.int64))
+
+
 def stack_25d(volume_zss: np.ndarray, z: int) -> np.ndarray:
     """(Z, S, S) -> (3, S, S) for slice z: neighbours z-1, z, z+1; edges repeat themselves."""
     n = volume_zss.shape[0]
@@ -50,7 +71,7 @@ class SliceDataset(Dataset):
         missing = [c for c in cases if c not in index["cases"]]
         if missing:
             raise DataError(f"{self.root}: cases {missing} have no slices. Re-run `boneseg slices`.")
-        if targets not in ("hard", "soft"):
+        if targets not in TARGET_FILES:
             raise ValueError(f"targets: expected 'hard' or 'soft', got {targets!r}")
         self.cases, self.classes, self.targets = list(cases), classes, targets
         self.items = [(c, z) for c in self.cases for z in range(index["cases"][c]["z"])]
@@ -63,17 +84,11 @@ class SliceDataset(Dataset):
     def _arrays(self, case: str):
         if case not in self._open:  # memory-mapped lazily, per worker process
             d = self.root / case
-            name = "soft.npy" if self.targets == "soft" else "label.npy"
-            if not (d / name).is_file():
-                raise DataError(f"{d / name}: not found (slices from an older boneseg). Re-run `boneseg slices`.")
-            self._open[case] = (np.load(d / "image.npy", mmap_mode="r"), np.load(d / name, mmap_mode="r"))
+            self._open[case] = (np.load(d / "image.npy", mmap_mode="r"), open_targets(d, self.targets))
         return self._open[case]
 
     def __getitem__(self, i: int):
         case, z = self.items[i]
         image, label = self._arrays(case)
         x = stack_25d(image, z).astype(np.float32)
-        if self.targets == "soft":
-            return torch.from_numpy(x), torch.from_numpy(fold_soft(label[z], self.classes))
-        y = fold_labels(np.asarray(label[z]), self.classes).astype(np.int64)
-        return torch.from_numpy(x), torch.from_numpy(y)
+        return torch.from_numpy(x), fold_targets(label[z], self.classes, self.targets)

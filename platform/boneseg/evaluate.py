@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneseg.dataset import fold_labels, fold_soft
+from boneseg.dataset import fold_labels, fold_targets, open_targets
 from boneseg.losses import segmentation_loss
 from boneseg.metrics import dice, nanmean
 from boneseg.nifti import LABEL_IDS, load_labels
@@ -61,10 +61,7 @@ def evaluate_case(model, case: str, slices_dir: Path, labels_dir: Path, index: d
     size against the same kind of target that training uses."""
     d = Path(slices_dir) / case
     image = np.load(d / "image.npy", mmap_mode="r")
-    if targets == "soft":
-        small_truth = torch.from_numpy(fold_soft(np.load(d / "soft.npy"), classes))
-    else:
-        small_truth = torch.from_numpy(fold_labels(np.load(d / "label.npy"), classes).astype(np.int64))
+    small_truth = fold_targets(open_targets(d, targets, mmap=False), classes, targets)
     logits = predict_slices(model, image, device, autocast, batch)
     loss = float(segmentation_loss(logits, small_truth, loss_kind))
     info = index["cases"][case]
