@@ -30,6 +30,13 @@ def apply_window(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
+def _plane_mode(shape_xyz, size: int) -> dict:
+    """Interpolation for in-plane resampling: area when shrinking, bilinear when growing."""
+    if size <= min(shape_xyz[:2]):
+        return {"mode": "area"}
+    return {"mode": "bilinear", "align_corners": False}
+
+
 def resize_planes(vol_xyz: np.ndarray, size: int, kind: str) -> np.ndarray:
     """(X, Y, Z) -> (Z, size, size). kind "image": area when shrinking, bilinear when
     growing; "labels": nearest (ids kept exactly)."""
@@ -40,9 +47,7 @@ def resize_planes(vol_xyz: np.ndarray, size: int, kind: str) -> np.ndarray:
     if kind == "labels":
         out = F.interpolate(t.float(), size=(size, size), mode="nearest-exact")
         return out[:, 0].to(torch.uint8).numpy()
-    shrink = size <= min(vol_xyz.shape[:2])
-    mode = dict(mode="area") if shrink else dict(mode="bilinear", align_corners=False)
-    return F.interpolate(t.float(), size=(size, size), **mode)[:, 0].numpy()
+    return F.interpolate(t.float(), size=(size, size), **_plane_mode(vol_xyz.shape, size))[:, 0].numpy()
 
 
 def resize_soft(lab_xyz: np.ndarray, size: int, n_classes: int = 5, chunk: int = 16) -> np.ndarray:
@@ -54,8 +59,7 @@ def resize_soft(lab_xyz: np.ndarray, size: int, n_classes: int = 5, chunk: int =
     import torch.nn.functional as F
 
     z_first = np.moveaxis(lab_xyz, 2, 0)
-    shrink = size <= min(lab_xyz.shape[:2])
-    mode = dict(mode="area") if shrink else dict(mode="bilinear", align_corners=False)
+    mode = _plane_mode(lab_xyz.shape, size)
     eye = torch.eye(n_classes)
     out = np.empty((z_first.shape[0], n_classes, size, size), np.uint8)
     for i in range(0, z_first.shape[0], chunk):
