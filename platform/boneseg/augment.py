@@ -32,6 +32,21 @@ def random_affine(x: torch.Tensor, y: torch.Tensor, rotate_deg: float, scale: fl
     return x, y[:, 0].round().long()
 
 
+def random_crop(x: torch.Tensor, y: torch.Tensor, size: int):
+    """x (B, C, H, W), y (B, H, W) ids or (B, K, H, W) fractions -> one random size x size
+    window per sample, the same for image and target (patch training, as nnU-Net does:
+    the fully convolutional U-Net then predicts whole slices at inference)."""
+    h, w = x.shape[-2:]
+    if size >= h and size >= w:
+        return x, y
+    b = x.shape[0]
+    i0 = torch.randint(0, h - size + 1, (b,)).tolist()
+    j0 = torch.randint(0, w - size + 1, (b,)).tolist()
+    xs = torch.stack([x[k, ..., i:i + size, j:j + size] for k, (i, j) in enumerate(zip(i0, j0))])
+    ys = torch.stack([y[k, ..., i:i + size, j:j + size] for k, (i, j) in enumerate(zip(i0, j0))])
+    return xs, ys
+
+
 def random_intensity(x: torch.Tensor, gain: float, offset: float) -> torch.Tensor:
     b = x.shape[0]
     g = 1 + (torch.rand(b, 1, 1, 1) * 2 - 1) * gain

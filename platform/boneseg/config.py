@@ -129,12 +129,22 @@ class TrainConfig(_Strict):
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
     channels_last: bool = True
     augment: bool = Field(True, description="random affine + intensity jitter on training batches")
+    patch_size: int | None = Field(
+        None, description="train on random patch_size x patch_size windows of each slice (null: whole slices); "
+                          "validation and inference always see whole slices")
     num_workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     eval_batch_size: int = Field(32, ge=1)
     out_dir: str = "results/train"
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_multiple_of_32(cls, v: int | None) -> int | None:
+        if v is not None and (v < 32 or v % 32):
+            raise ValueError(f"expected null or a multiple of 32 (>= 32), got {v}")
+        return v
 
 
 class PretrainConfig(_Strict):

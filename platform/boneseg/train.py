@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from boneseg.augment import augment
+from boneseg.augment import augment, random_crop
 from boneseg.config import CASES, Config, TrainConfig
 from boneseg.dataset import SliceDataset
 from boneseg.errors import ConfigError, DataError
@@ -145,6 +145,8 @@ def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, auto
     total, n, t0 = 0.0, 0, time.perf_counter()
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if tc.patch_size:
+            x, y = random_crop(x, y, tc.patch_size)
         if tc.augment:
             x, y = augment(x, y)
         if tc.channels_last:

@@ -39,6 +39,9 @@ def test_image_size_error_names_key_value_and_expectation(tmp_path):
     p = write(tmp_path, {"data": {"image_size": 100}})
     with pytest.raises(ConfigError, match=r"data\.image_size: expected a multiple of 32 \(>= 32\), got 100"):
         load_config(p)
+    p = write(tmp_path, {"train": {"patch_size": 80}})
+    with pytest.raises(ConfigError, match=r"train\.patch_size: expected null or a multiple of 32 \(>= 32\), got 80"):
+        load_config(p)
 
 
 def test_wrong_type_names_the_value(tmp_path):

@@ -23,6 +23,30 @@ def test_loss_of_one_hot_probability_targets_equals_the_loss_of_ids():
     torch.testing.assert_close(y.sum(1), torch.ones(2, 8, 8))  # warped fractions still sum to 1
 
 
+def test_random_crop_cuts_the_same_window_from_image_and_target_and_replays_from_the_rng_state():
+    from boneseg.augment import random_crop
+
+    h, w = 12, 10
+    pos = torch.arange(h * w).reshape(h, w)  # every pixel holds its own position
+    x = pos.float().expand(3, 3, h, w).clone()
+    ids = pos.expand(3, h, w).clone()
+    frac = pos.float().expand(3, 2, h, w).clone()
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    xc, yc = random_crop(x, ids, 4)
+    assert xc.shape == (3, 3, 4, 4) and yc.shape == (3, 4, 4)
+    for k in range(3):
+        assert torch.equal(xc[k, 0].long(), yc[k]) and torch.equal(xc[k, 2].long(), yc[k])
+        i, j = divmod(int(yc[k, 0, 0]), w)  # the window's corner, and it is contiguous
+        assert torch.equal(yc[k], pos[i:i + 4, j:j + 4])
+    assert len({int(yc[k, 0, 0]) for k in range(3)}) > 1  # one window per sample
+    torch.set_rng_state(state)  # what a resumed trial restores from its checkpoint
+    xs, fs = random_crop(x, frac, 4)
+    assert torch.equal(xs, xc) and torch.equal(fs[:, 1].long(), yc)
+    same_x, same_y = random_crop(x, ids, 12)  # a patch as large as the slice: whole slices
+    assert same_x is x and same_y is ids
+
+
 def test_soft_dice_loss_is_zero_for_a_perfect_prediction_and_high_for_a_wrong_one():
     target = torch.randint(0, 3, (2, 8, 8))
     perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
