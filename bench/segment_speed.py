@@ -6,7 +6,7 @@ for the 4-fold ensemble, at the quick profile's slice size and at the study's 32
 side by side, a naive baseline of the same model: one slice per forward pass, no
 channels_last. Weights are random (speed does not depend on them).
 
-    python bench/segment_speed.py [--sizes 96,320] [--folds 4] [--slices 100] [--threads 2]
+    python bench/segment_speed.py [--sizes 160,320] [--folds 4] [--slices 100] [--threads 2]
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def naive_seconds(ct_path: Path, size: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="96,320")
+    ap.add_argument("--sizes", default="160,320")
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--slices", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)

@@ -23,6 +23,7 @@ import time
 BARE = r"""
 import json, sys, time, torch
 from boneseg.config import load_config
+from boneseg.augment import random_crop
 from boneseg.dataset import SliceDataset
 from boneseg.losses import segmentation_loss
 from boneseg.models import build_model
@@ -41,6 +42,8 @@ model.train()
 n, t0, done = 0, time.perf_counter(), 0
 while done < steps:
     for x, y in make_loader(ds, tc, done, 0):
+        if tc.patch_size:  # the same input size as the trials train on
+            x, y = random_crop(x, y, tc.patch_size)
         x = x.contiguous(memory_format=torch.channels_last)
         loss = segmentation_loss(model(x), y, tc.loss, tc.ce_weight)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()

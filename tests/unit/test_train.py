@@ -103,6 +103,26 @@ def test_fit_writes_summary_and_resume_continues_the_same_trajectory(tiny_pipeli
     assert 0 <= straight.bone_dice <= 1 and not math.isnan(straight.test_bone_dice)
 
 
+def test_patch_training_resumes_on_the_same_windows_and_validates_whole_slices(tiny_pipeline, tmp_path):
+    from boneseg.slices import build_slices
+
+    data = tiny_pipeline.data.model_copy(update={"image_size": 64, "slices_dir": str(tmp_path / "slices64")})
+    build_slices(tiny_pipeline.model_copy(update={"data": data}), progress=False)
+    train = tiny_pipeline.train.model_copy(update={"epochs": 2, "patch_size": 32})
+    cfg = tiny_pipeline.model_copy(update={"data": data, "train": train})
+    straight = fit(cfg, "multi-random", 0, out_dir=tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="injected"):
+        fit(cfg, "multi-random", 0, out_dir=tmp_path / "resumed", callbacks=[Crash(0)])
+    fit(cfg, "multi-random", 0, out_dir=tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a["model"][k], b[k]) for k in b)
+    assert a["preprocessing"]["image_size"] == 64  # the model is applied to whole 64x64 slices
+    whole = fit(cfg.model_copy(update={"train": train.model_copy(update={"patch_size": None})}), "multi-random", 0,
+                out_dir=tmp_path / "whole")
+    assert whole.history[0]["train_loss"] != straight.history[0]["train_loss"]  # the patches were really cut
+
+
 def cfg_val_cases(cfg, fold):
     return json.loads(open(cfg.data.splits_file).read())["folds"][fold]["val"]
 
