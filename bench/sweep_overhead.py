@@ -75,7 +75,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [f"train.epochs={a.epochs}", f"sweep.cases=[{a.cases}]", f"sweep.folds=[{a.folds}]",
                      f"sweep.storage_path={tmp}/ray", f"tracking.uri=sqlite:///{tmp}/m.db", "sweep.log_model=false",
-                     f"sweep.metrics_file={tmp}/metrics.json", f"sweep.folds_file={tmp}/folds.csv"]
+                     f"sweep.metrics_file={tmp}/metrics.json", f"sweep.folds_file={tmp}/folds.csv",
+                     f"sweep.model_dir={tmp}/model", f"sweep.trials_dir={tmp}/trials"]  # never the DVC outputs
         cfg = load_config("params.yaml", overrides=overrides)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         t0 = time.perf_counter()
