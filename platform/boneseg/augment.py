@@ -37,13 +37,14 @@ def random_crop(x: torch.Tensor, y: torch.Tensor, size: int):
     window per sample, the same for image and target (patch training, as nnU-Net does:
     the fully convolutional U-Net then predicts whole slices at inference)."""
     h, w = x.shape[-2:]
-    if size >= h and size >= w:
+    ph, pw = min(size, h), min(size, w)  # a side shorter than the patch is kept whole
+    if (ph, pw) == (h, w):
         return x, y
     b = x.shape[0]
-    i0 = torch.randint(0, h - size + 1, (b,)).tolist()
-    j0 = torch.randint(0, w - size + 1, (b,)).tolist()
-    xs = torch.stack([x[k, ..., i:i + size, j:j + size] for k, (i, j) in enumerate(zip(i0, j0))])
-    ys = torch.stack([y[k, ..., i:i + size, j:j + size] for k, (i, j) in enumerate(zip(i0, j0))])
+    i0 = torch.randint(0, h - ph + 1, (b,)).tolist()
+    j0 = torch.randint(0, w - pw + 1, (b,)).tolist()
+    xs = torch.stack([x[k, ..., i:i + ph, j:j + pw] for k, (i, j) in enumerate(zip(i0, j0))])
+    ys = torch.stack([y[k, ..., i:i + ph, j:j + pw] for k, (i, j) in enumerate(zip(i0, j0))])
     return xs, ys
 
 

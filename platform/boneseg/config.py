@@ -41,6 +41,13 @@ class SynthConfig(_Strict):
         return v
 
 
+def unet_side(v: int, also: str = "") -> int:
+    """The U-Net downsamples 5 times: an input side must divide by 2**5."""
+    if v < 32 or v % 32:
+        raise ValueError(f"expected {also}a multiple of 32 (>= 32), got {v}")
+    return v
+
+
 class DataConfig(_Strict):
     raw_dir: str = "data/raw"
     labels_dir: str = "data/labels"
@@ -54,10 +61,7 @@ class DataConfig(_Strict):
     @field_validator("image_size")
     @classmethod
     def _multiple_of_32(cls, v: int) -> int:
-        # the U-Net downsamples 5 times: sides must divide by 2**5
-        if v < 32 or v % 32:
-            raise ValueError(f"expected a multiple of 32 (>= 32), got {v}")
-        return v
+        return unet_side(v)
 
     @field_validator("window")
     @classmethod
@@ -142,9 +146,7 @@ class TrainConfig(_Strict):
     @field_validator("patch_size")
     @classmethod
     def _patch_multiple_of_32(cls, v: int | None) -> int | None:
-        if v is not None and (v < 32 or v % 32):
-            raise ValueError(f"expected null or a multiple of 32 (>= 32), got {v}")
-        return v
+        return None if v is None else unet_side(v, "null or ")
 
 
 class PretrainConfig(_Strict):

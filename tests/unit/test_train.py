@@ -45,6 +45,8 @@ def test_random_crop_cuts_the_same_window_from_image_and_target_and_replays_from
     assert torch.equal(xs, xc) and torch.equal(fs[:, 1].long(), yc)
     same_x, same_y = random_crop(x, ids, 12)  # a patch as large as the slice: whole slices
     assert same_x is x and same_y is ids
+    tall, tall_y = random_crop(x, ids, 11)  # wider than the slice: that side stays whole
+    assert tall.shape == (3, 3, 11, 10) and torch.equal(tall[:, 0].long(), tall_y)
 
 
 def test_soft_dice_loss_is_zero_for_a_perfect_prediction_and_high_for_a_wrong_one():
