@@ -11,19 +11,28 @@ from boneseg.errors import BonesegError
 STAGES = ("config", "synth", "importer", "labels", "splits", "slices", "pretrain", "train", "sweep", "report", "evaluate_cmd", "segment", "preview")
 
 
+def _settings_options(parser: argparse.ArgumentParser, suffix: str = "") -> None:
+    """--params/--experiment/--set, taken before the command and (suffix "_cmd") after it."""
+    parser.add_argument("--params", dest="params" + suffix, default=None if suffix else "params.yaml",
+                        help="settings file (default: params.yaml)")
+    parser.add_argument("--experiment", dest="experiment" + suffix,
+                        help="override from experiments/<name>.yaml, e.g. paper")
+    parser.add_argument("--set", dest="overrides" + suffix, action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set data.image_size=128 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="boneseg", description="Multi-class bone segmentation of CT: pipeline stages and tools.")
     parser.add_argument("--version", action="version", version=f"boneseg {__version__}")
-    parser.add_argument("--params", default="params.yaml", help="settings file (default: params.yaml)")
-    parser.add_argument("--experiment", help="override from experiments/<name>.yaml, e.g. paper")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set data.image_size=128 (repeatable)")
+    _settings_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     import importlib
 
     for name in STAGES:
         importlib.import_module(f"boneseg.{name}").add_parser(sub)
+    for cmd in sub.choices.values():  # `boneseg train --case ... --set k=v` works as well
+        _settings_options(cmd, "_cmd")
     return parser
 
 
@@ -36,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from boneseg.config import load_config
 
     try:
-        cfg = load_config(args.params, args.experiment, args.overrides)
+        cfg = load_config(args.params_cmd or args.params, args.experiment_cmd or args.experiment,
+                          args.overrides + args.overrides_cmd)
         return int(args.func(args, cfg) or 0)
     except BonesegError as exc:
         print(f"boneseg {args.command}: error: {exc}", file=sys.stderr)

@@ -24,6 +24,16 @@ def test_config_error_exits_2_and_names_key(capsys):
     assert "data.image_size: expected a multiple of 32 (>= 32), got 100" in capsys.readouterr().err
 
 
+def test_settings_options_work_after_the_command_too(capsys):
+    # the form `boneseg train --case ... --set key=value` as well as `boneseg --set key=value train`
+    rc = main(["config", "--params", str(ROOT / "params.yaml"), "--set", "data.image_size=100"])
+    assert rc == 2 and "data.image_size: expected a multiple of 32 (>= 32), got 100" in capsys.readouterr().err
+    rc = main(["--params", str(ROOT / "params.yaml"), "--set", "train.epochs=3", "--set", "train.lr=0.5",
+               "config", "--set", "train.lr=0.01"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "epochs: 3" in out and "lr: 0.01" in out and "lr: 0.5" not in out  # after the command wins
+
+
 def test_synth_and_preview_from_the_console_script(tmp_path):
     env = {**os.environ}
     exe = Path(sys.executable).with_name("boneseg")
