@@ -21,3 +21,9 @@ def nanmean(values) -> float:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     v = v[~np.isnan(v)]
     return float(v.mean()) if v.size else float("nan")
+
+
+def best_case(table: dict) -> str:
+    """The case with the highest final score (`bone_dice_mean`); NaN ranks lowest.
+    One choice for metrics.json, results/model, the registry and the MLflow tag."""
+    return max(table, key=lambda c: -np.inf if np.isnan(table[c]["bone_dice_mean"]) else table[c]["bone_dice_mean"])

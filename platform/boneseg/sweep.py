@@ -22,6 +22,7 @@ from pathlib import Path
 
 from boneseg.config import CASES, Config
 from boneseg.errors import BonesegError, ConfigError
+from boneseg.metrics import best_case
 from boneseg.nifti import LABEL_IDS, atomic_dir, atomic_write_text
 
 # read by Ray when the driver starts it: Tune warns on every checkpoint of short trials
@@ -377,7 +378,7 @@ def _run(cfg: Config, cases, folds, storage: Path, fp: str, exp_dir: Path | None
     runs.close(table, ok=not failed)
     write_results(cfg, table, rows)
     if registered:
-        _log(f"best case {max(table, key=lambda c: table[c]['bone_dice_mean'])}: fold models in "
+        _log(f"best case {best_case(table)}: fold models in "
              f"{cfg.sweep.model_dir}" + (f", registered as {registered}" if registered != "-" else ""))
     _write_state(exp_dir, fp, runs.parent, "finished" if not failed else "failed")
     if failed:
@@ -446,7 +447,7 @@ def export(cfg: Config, grid_result, table: dict, runs, sweep_name: str) -> str:
     """Per-trial summaries + histories (results/trials, read by `report`), the best case's
     fold models (results/model, `segment --model results/model`), registered in MLflow.
     Returns the registered model URI ("-" when registration is off)."""
-    best = max(table, key=lambda c: table[c]["bone_dice_mean"])
+    best = best_case(table)
     manifest = {"case": best, "folds": [], "label_ids": {str(k): v for k, v in LABEL_IDS.items()},
                 "scores": table[best], "sweep": sweep_name, "sweep_run_id": runs.parent}
     with atomic_dir(cfg.sweep.trials_dir) as trials, atomic_dir(cfg.sweep.model_dir) as models:
@@ -475,8 +476,7 @@ def export(cfg: Config, grid_result, table: dict, runs, sweep_name: str) -> str:
 def write_results(cfg: Config, table: dict, rows: list) -> None:
     metrics = {case: {k: round(v, 6) for k, v in s.items()} for case, s in table.items()}
     if table:
-        best = max(table, key=lambda c: table[c]["bone_dice_mean"])
-        metrics["best_case"] = best
+        metrics["best_case"] = best_case(table)
     atomic_write_text(cfg.sweep.metrics_file, json.dumps(metrics, indent=1) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, ["case", "fold", "patient", "bone_dice"], lineterminator="\n")

@@ -271,7 +271,7 @@ class SweepRuns:
         return scores
 
     def close(self, table: dict, ok: bool) -> None:
-        import math
+        from boneseg.metrics import best_case
 
         if table:
             rows = ["| case | bone_dice_mean | bone_dice_std | bone_dice_pooled | test_bone_dice |",
@@ -283,8 +283,7 @@ class SweepRuns:
                 csv.append(case + "," + ",".join(f"{v:.6f}" for v in vals))
             self.client.log_text(self.parent, "\n".join(rows) + "\n", "cases.md")
             self.client.log_text(self.parent, "\n".join(csv) + "\n", "cases.csv")
-            best = max(table, key=lambda c: -math.inf if math.isnan(table[c]["bone_dice_mean"])
-                       else table[c]["bone_dice_mean"])
+            best = best_case(table)
             self.client.set_tag(self.parent, "best_case", best)
             self.client.log_metric(self.parent, "best_bone_dice_mean", table[best]["bone_dice_mean"])
             for case, s in table.items():

@@ -5,7 +5,7 @@ import pytest
 from scipy.spatial.distance import dice as scipy_dice_dissimilarity
 
 from boneseg.evaluate import case_metrics, summarise
-from boneseg.metrics import dice, nanmean
+from boneseg.metrics import best_case, dice, nanmean
 
 
 def test_dice_policy_on_hand_built_volumes():
@@ -50,3 +50,11 @@ def test_summary_leaves_nan_out_and_counts_it():
     assert s["bone_dice"] == pytest.approx(0.7) and s["n_nan"] == 1 and s["n_cases"] == 3
     assert s["bone_dice_pooled"] == pytest.approx(2 * 11 / (22 + 3 + 5))
     assert math.isnan(nanmean([float("nan")]))
+
+
+def test_best_case_is_the_highest_score_and_nan_ranks_lowest():
+    nan = float("nan")
+    assert best_case({"a": {"bone_dice_mean": 0.90}, "b": {"bone_dice_mean": 0.95}}) == "b"
+    # NaN first or last: plain max() would return it or not depending on the order
+    assert best_case({"a": {"bone_dice_mean": nan}, "b": {"bone_dice_mean": 0.5}}) == "b"
+    assert best_case({"b": {"bone_dice_mean": 0.5}, "a": {"bone_dice_mean": nan}}) == "b"
