@@ -24,7 +24,7 @@ from boneseg.evaluate import stack_all_25d
 from boneseg.models import build_model
 from boneseg.nifti import Volume, save_volume
 from boneseg.segment import segment_files
-from boneseg.slices import apply_window, resize_planes
+from boneseg.slices import window_planes
 
 
 def make_ct(path: Path, n_slices: int) -> None:
@@ -56,7 +56,7 @@ def naive_seconds(ct_path: Path, size: int) -> float:
     net = build_model(5, "none")[0].eval()
     t0 = time.perf_counter()
     ct = load_ct(ct_path)
-    planes = apply_window(resize_planes(ct.data.astype(np.float32), size, "image"), (-200.0, 1500.0))
+    planes = window_planes(ct.data.astype(np.float32), size, (-200.0, 1500.0))
     x = torch.from_numpy(stack_all_25d(planes))
     probs = torch.cat([net(x[i:i + 1]).softmax(1) for i in range(x.shape[0])])
     up = torch.nn.functional.interpolate(probs, size=ct.shape[:2], mode="bilinear", align_corners=False)

@@ -174,6 +174,7 @@ def overlay_cases(cfg: Config, res: dict) -> list[dict]:
     from boneseg.labels import find_cases
     from boneseg.nifti import load_ct, load_labels, to_canonical
     from boneseg.segment import load_fold_models, segment_volume
+    from boneseg.train import autocast_args
 
     best_case = res["metrics"].get("best_case")
     rows = [r for r in res["rows"] if r["case"] == best_case and not math.isnan(r["bone_dice"])]
@@ -183,15 +184,15 @@ def overlay_cases(cfg: Config, res: dict) -> list[dict]:
     best = max(rows, key=lambda r: r["bone_dice"])
     others = [r for r in rows if r is not best] or rows
     picks = [("best", best), ("worst", min(others, key=lambda r: r["bone_dice"]))]
-    out = []
+    out, cpu = [], torch.device("cpu")
     for kind, r in picks:
         model = Path(cfg.sweep.model_dir) / f"fold{r['fold']}.pt"
         if r["patient"] not in cts or not model.is_file():
             continue
         ct = to_canonical(load_ct(cts[r["patient"]]))
         truth = to_canonical(load_labels(Path(cfg.data.labels_dir) / f"{r['patient']}.nii.gz")).data == 1
-        models = load_fold_models([model], torch.device("cpu"))
-        pred = segment_volume(models, ct, torch.device("cpu"), {"device_type": "cpu", "enabled": False}) == 1
+        models = load_fold_models([model], cpu)
+        pred = segment_volume(models, ct, cpu, autocast_args(cfg.train, cpu)) == 1
         err = (pred & ~truth) | (~pred & truth)
         z = int(np.argmax(err.sum(axis=(0, 1))))  # the slice with the most bone errors
         out.append({"kind": kind, "patient": r["patient"], "fold": r["fold"], "dice": r["bone_dice"], "z": z,

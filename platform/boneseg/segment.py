@@ -30,7 +30,7 @@ from boneseg.config import Config
 from boneseg.errors import ConfigError, DataError
 from boneseg.evaluate import predict_slices
 from boneseg.nifti import LABEL_IDS, Volume, atomic_write_text, load_ct, save_volume
-from boneseg.slices import apply_window, resize_back, resize_planes
+from boneseg.slices import resize_back, window_planes
 
 REGISTERED_MODEL = "boneseg"
 MANIFEST = "boneseg.json"
@@ -201,8 +201,7 @@ def segment_volume(models: list[FoldModel], ct: Volume, device, autocast: dict, 
     to_ras, back = _orientations(ct.affine)
     ras = nib.orientations.apply_orientation(ct.data, to_ras)  # (X, Y, Z) in RAS+ order
     pre = models[0].preprocessing
-    planes = apply_window(resize_planes(np.asarray(ras, dtype=np.float32), int(pre["image_size"]), "image"),
-                          tuple(pre["window"]))
+    planes = window_planes(np.asarray(ras, dtype=np.float32), int(pre["image_size"]), pre["window"])
     probs = ensemble_probabilities(models, planes, device, autocast, batch, progress)  # (Z, K, S, S)
     labels = np.empty(ras.shape, np.uint8)
     for z in range(0, probs.shape[0], chunk):  # a few full-size planes at a time

@@ -50,6 +50,13 @@ def resize_planes(vol_xyz: np.ndarray, size: int, kind: str) -> np.ndarray:
     return F.interpolate(t.float(), size=(size, size), **_plane_mode(vol_xyz.shape, size))[:, 0].numpy()
 
 
+def window_planes(ct_xyz: np.ndarray, size: int, window) -> np.ndarray:
+    """CT (X, Y, Z) in HU -> (Z, size, size) float32 model input in [0, 1]: the in-plane
+    resampling and HU window that training slices (`slice_case`) and inference
+    (`boneseg segment`) share."""
+    return apply_window(resize_planes(ct_xyz, size, "image"), tuple(window))
+
+
 def resize_soft(lab_xyz: np.ndarray, size: int, n_classes: int = 5, chunk: int = 16) -> np.ndarray:
     """(X, Y, Z) ids -> (Z, K, size, size) uint8 label fractions x255: the one-hot map
     area-averaged onto the slice grid (bilinear when growing), a few slices at a time so
@@ -92,7 +99,7 @@ def slice_case(case: dict, labels_dir: Path, size: int, window) -> dict:
     if not lab_path.is_file():
         raise DataError(f"{lab_path}: label map for case {case['case']} not found. Run `boneseg labels` first.")
     lab = load_labels(lab_path, ct, case["ct"])
-    image = apply_window(resize_planes(ct.data, size, "image"), window).astype(np.float16)
+    image = window_planes(ct.data, size, window).astype(np.float16)
     return {"image": image, "label": resize_planes(lab.data, size, "labels"), "soft": resize_soft(lab.data, size),
             "info": {"cohort": case["cohort"], "phase": case["phase"], "z": int(ct.shape[2]),
                      "shape": list(ct.shape), "spacing": [round(s, 5) for s in ct.spacing],
