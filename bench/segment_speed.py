@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boneseg.config import Config
-from boneseg.evaluate import stack_all_25d
-from boneseg.models import build_model
-from boneseg.nifti import Volume, save_volume
-from boneseg.segment import segment_files
-from boneseg.slices import window_planes
+from boneseg.core.config import Config
+from boneseg.core.inference import find_checkpoints, segment_files
+from boneseg.core.models import build_model
+from boneseg.core.nifti import Volume, save_volume
+from boneseg.core.preprocess import stack_25d, window_planes
 
 
 def make_ct(path: Path, n_slices: int) -> None:
@@ -42,22 +41,30 @@ def save_models(folder: Path, size: int, n: int) -> None:
     for k in range(n):
         torch.manual_seed(k)
         net, _ = build_model(5, "none")
-        torch.save({"model": net.state_dict(), "classes": "multi", "case": "multi-random", "fold": k,
-                    "preprocessing": {"image_size": size, "window": [-200.0, 1500.0]}, "weights": {"source": "none"}},
-                   folder / f"fold{k}.pt")
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "classes": "multi",
+                "variant": "multi-random",
+                "fold": k,
+                "preprocessing": {"image_size": size, "window": [-200.0, 1500.0]},
+                "weights": {"source": "none"},
+            },
+            folder / f"fold{k}.pt",
+        )
 
 
 @torch.no_grad()
 def naive_seconds(ct_path: Path, size: int) -> float:
     """Baseline: the same model, one slice per forward pass, default memory format."""
-    from boneseg.nifti import load_ct
+    from boneseg.core.nifti import load_ct
 
     torch.manual_seed(0)
     net = build_model(5, "none")[0].eval()
     t0 = time.perf_counter()
     ct = load_ct(ct_path)
     planes = window_planes(ct.data.astype(np.float32), size, (-200.0, 1500.0))
-    x = torch.from_numpy(stack_all_25d(planes))
+    x = torch.from_numpy(stack_25d(planes))
     probs = torch.cat([net(x[i:i + 1]).softmax(1) for i in range(x.shape[0])])
     up = torch.nn.functional.interpolate(probs, size=ct.shape[:2], mode="bilinear", align_corners=False)
     up.argmax(1)
@@ -81,19 +88,30 @@ def main() -> None:
             row = {"image_size": size, "slices": args.slices}
             for label, folds in (("one_model", [0]), ("ensemble", None)):
                 t0 = time.perf_counter()
-                segment_files(cfg, tmp / "ct.nii.gz", tmp / f"seg{size}.nii.gz", str(tmp / f"m{size}"), folds,
-                              "cpu", progress=False)
+                segment_files(
+                    cfg,
+                    tmp / "ct.nii.gz",
+                    tmp / f"seg{size}.nii.gz",
+                    find_checkpoints(tmp / f"m{size}"),
+                    folds,
+                    "cpu",
+                    progress=False,
+                )
                 row[f"{label}_s"] = round(time.perf_counter() - t0, 2)
             row["naive_one_model_s"] = round(naive_seconds(tmp / "ct.nii.gz", size), 2)
             row["slices_per_s_one_model"] = round(args.slices / row["one_model_s"], 2)
             row["slices_per_s_ensemble"] = round(args.slices / row["ensemble_s"], 2)
             row["ensemble_vs_one"] = round(row["ensemble_s"] / row["one_model_s"], 2)
             row["naive_vs_segment"] = round(row["naive_one_model_s"] / row["one_model_s"], 2)
-            print(f"{size}x{size}, 512x512x{args.slices} CT, {args.threads} threads: one fold model "
-                  f"{row['one_model_s']:.1f} s ({row['slices_per_s_one_model']:.1f} slices/s); {args.folds}-fold "
-                  f"ensemble {row['ensemble_s']:.1f} s ({row['slices_per_s_ensemble']:.1f} slices/s, "
-                  f"x{row['ensemble_vs_one']:.2f}); naive one-slice loop {row['naive_one_model_s']:.1f} s "
-                  f"(x{row['naive_vs_segment']:.2f} of segment)", flush=True)
+            print(
+                f"{size}x{size}, 512x512x{args.slices} CT, {args.threads} threads: one fold model "
+                f"{row['one_model_s']:.1f} s ({row['slices_per_s_one_model']:.1f} slices/s); "
+                f"{args.folds}-fold "
+                f"ensemble {row['ensemble_s']:.1f} s ({row['slices_per_s_ensemble']:.1f} slices/s, "
+                f"x{row['ensemble_vs_one']:.2f}); naive one-slice loop {row['naive_one_model_s']:.1f} s "
+                f"(x{row['naive_vs_segment']:.2f} of segment)",
+                flush=True,
+            )
             out.append(row)
     print(json.dumps(out))
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys, time
-from boneseg.config import Config
-from boneseg.slices import build_slices
+from boneseg.core.config import Config
+from boneseg.core.slices import build_slices
 cfg = Config.model_validate(json.loads(sys.argv[1]))
 t = time.perf_counter()
 build_slices(cfg, progress=False)
@@ -26,9 +26,9 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 
 
 def measure(root: Path, n: int, matrix: int, slices: int, size: int) -> dict:
-    from boneseg.config import Config, SynthConfig
-    from boneseg.labels import derive_labels
-    from boneseg.synth import synthesize
+    from boneseg.core.config import Config, SynthConfig
+    from boneseg.core.labelling import derive_labels
+    from boneseg.core.synth import synthesize
 
     raw = root / f"raw{n}"
     synthesize(SynthConfig(seed=0, abdomen=n, thigh=0, matrix=matrix, slices=slices), raw, progress=False)
@@ -53,7 +53,10 @@ def main() -> None:
     print(f"slices stage, {a.matrix}x{a.matrix}x~{a.slices} CT -> {a.size}x{a.size}:")
     print(f"  {a.cases} cases: peak {small['peak_mib']:.0f} MiB, {small['seconds']:.1f} s")
     print(f"  {3 * a.cases} cases: peak {large['peak_mib']:.0f} MiB, {large['seconds']:.1f} s")
-    print(f"  peak-memory ratio (3x cohort / 1x cohort): {large['peak_mib'] / small['peak_mib']:.2f} (goal ~1.0)")
+    print(
+        f"  peak-memory ratio (3x cohort / 1x cohort): {large['peak_mib'] / small['peak_mib']:.2f} "
+        "(goal ~1.0)"
+    )
     print(f"  time ratio: {large['seconds'] / small['seconds']:.2f} (linear: 3.0)")
 
 

@@ -7,7 +7,7 @@
 2. The sweep's wall time vs the ideal packing of its trials on the available slots:
    ideal = max(longest trial, sum of trial times / slots). Goal: ratio <= 1.15.
 
-    python bench/sweep_overhead.py --cases multi-random,single-random --folds 0,1 --epochs 2
+    python bench/sweep_overhead.py --variants multi-random,single-random --folds 0,1 --epochs 2
 Runs against the repository's data (dvc repro slices first), in a temporary MLflow store.
 """
 from __future__ import annotations
@@ -22,12 +22,13 @@ import time
 
 BARE = r"""
 import json, sys, time, torch
-from boneseg.config import load_config
-from boneseg.augment import random_crop
-from boneseg.dataset import SliceDataset
-from boneseg.losses import segmentation_loss
-from boneseg.models import build_model
-from boneseg.train import make_loader, make_optim, seed_everything
+from boneseg.core.config import load_config
+from boneseg.core.augment import random_crop
+from boneseg.core.dataset import SliceDataset
+from boneseg.core.losses import segmentation_loss
+from boneseg.core.models import build_model
+from boneseg.core.runtime import seed_everything
+from boneseg.core.training import make_loader, make_optim
 cfg = load_config("params.yaml", overrides=json.loads(sys.argv[1]))
 steps, threads = int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
@@ -64,19 +65,27 @@ def bare_loops(overrides: list[str], steps: int, threads: int, parallel: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", default="multi-random,single-random")
+    ap.add_argument("--variants", default="multi-random,single-random")
     ap.add_argument("--folds", default="0,1")
     ap.add_argument("--epochs", type=int, default=2)
     a = ap.parse_args()
-    from boneseg.config import load_config
-    from boneseg.sweep import run_sweep
+    from boneseg.core.config import load_config
+    from boneseg.sweep.driver import run_sweep
 
     slots = max(1, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"train.epochs={a.epochs}", f"sweep.cases=[{a.cases}]", f"sweep.folds=[{a.folds}]",
-                     f"sweep.storage_path={tmp}/ray", f"tracking.uri=sqlite:///{tmp}/m.db", "sweep.log_model=false",
-                     f"sweep.metrics_file={tmp}/metrics.json", f"sweep.folds_file={tmp}/folds.csv",
-                     f"sweep.model_dir={tmp}/model", f"sweep.trials_dir={tmp}/trials"]  # never the DVC outputs
+        overrides = [
+            f"train.epochs={a.epochs}",
+            f"sweep.variants=[{a.variants}]",
+            f"sweep.folds=[{a.folds}]",
+            f"sweep.storage_path={tmp}/ray",
+            f"tracking.uri=sqlite:///{tmp}/m.db",
+            "sweep.log_model=false",
+            f"sweep.metrics_file={tmp}/metrics.json",
+            f"sweep.folds_file={tmp}/folds.csv",
+            f"sweep.model_dir={tmp}/model",
+            f"sweep.trials_dir={tmp}/trials",
+        ]  # never the DVC outputs
         cfg = load_config("params.yaml", overrides=overrides)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         t0 = time.perf_counter()
@@ -89,7 +98,7 @@ def main() -> None:
         durations = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
         sweep_ips = [m.value for r in runs for m in c.get_metric_history(r.info.run_id, "images_per_s")]
     # the same number of optimiser steps as one trial: epochs x batches per epoch
-    from boneseg.dataset import SliceDataset
+    from boneseg.core.dataset import SliceDataset
 
     splits = json.load(open(cfg.data.splits_file))
     n_batches = len(SliceDataset(cfg.data.slices_dir, splits["folds"][0]["train"])) // cfg.train.batch_size
@@ -99,11 +108,16 @@ def main() -> None:
     bare = bare_loops([f"train.epochs={a.epochs}"], steps, threads, parallel)
     ideal = max(max(durations), sum(durations) / parallel)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    print(f"sweep: {len(runs)} trials on {parallel} slots ({threads} thread(s) each), {steps} steps per trial")
+    print(
+        f"sweep: {len(runs)} trials on {parallel} slots ({threads} thread(s) each), {steps} steps per trial"
+    )
     print(f"  training throughput in the sweep: {mean(sweep_ips):.2f} img/s per trial (mean over epochs)")
     print(f"  bare PyTorch loop, {parallel} at once: {mean(bare):.2f} img/s per loop")
     print(f"  throughput ratio sweep / bare: {mean(sweep_ips) / mean(bare):.3f} (goal >= 0.95)")
-    print(f"  sweep wall time {wall:.1f} s; trials {sum(durations):.1f} s in all, longest {max(durations):.1f} s")
+    print(
+        f"  sweep wall time {wall:.1f} s; trials {sum(durations):.1f} s in all, "
+        f"longest {max(durations):.1f} s"
+    )
     print(f"  wall time / ideal packing ({ideal:.1f} s): {wall / ideal:.3f} (goal <= 1.15)")
 
 

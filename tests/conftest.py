@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boneseg.config import SynthConfig
-from boneseg.nifti import Volume
+from boneseg.core.config import SynthConfig
+from boneseg.core.nifti import Volume
 
 RAS = np.diag([0.8, 0.8, 3.0, 1.0])
 LPS = np.diag([-0.8, -0.8, 3.0, 1.0])
@@ -45,11 +45,11 @@ def make_labels(ct: Volume) -> Volume:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A whole tiny data pipeline (synth -> labels -> splits -> slices) and its Config."""
-    from boneseg.config import Config
-    from boneseg.labels import derive_labels
-    from boneseg.slices import build_slices
-    from boneseg.splits import write_splits
-    from boneseg.synth import synthesize
+    from boneseg.core.config import Config
+    from boneseg.core.labelling import derive_labels
+    from boneseg.core.slices import build_slices
+    from boneseg.core.splits import write_splits
+    from boneseg.core.synth import synthesize
 
     root = tmp_path_factory.mktemp("pipeline")
     cfg = Config.model_validate({

@@ -7,8 +7,9 @@ import sys
 from boneseg import __version__
 from boneseg.errors import BonesegError
 
-# subcommand modules, in pipeline order; each has add_parser(sub) and main(args, cfg)
-STAGES = ("config", "synth", "importer", "labels", "splits", "slices", "pretrain", "train", "sweep", "report", "evaluate_cmd", "segment", "preview")
+# stage modules (boneseg.stages.<name>), in pipeline order; each has add_parser(sub) and main(args, cfg)
+STAGES = ("config", "synth", "importer", "labels", "splits", "slices", "pretrain", "train", "sweep", "report",
+          "evaluate", "segment", "preview")
 
 
 def _settings_options(parser: argparse.ArgumentParser, suffix: str = "") -> None:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for name in STAGES:
-        importlib.import_module(f"boneseg.{name}").add_parser(sub)
+        importlib.import_module(f"boneseg.stages.{name}").add_parser(sub)
     for cmd in sub.choices.values():  # `boneseg train --case ... --set k=v` works as well
         _settings_options(cmd, "_cmd")
     return parser
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from boneseg.config import load_config
+    from boneseg.core.config import load_config
 
     try:
         cfg = load_config(args.params_cmd or args.params, args.experiment_cmd or args.experiment,

@@ -37,10 +37,17 @@ def repo(tmp_path):
     params["splits"].update(folds=2, test_cases=1)
     params["pretrain"].update(epochs=4)
     params["train"].update(epochs=2, batch_size=2)
-    params["sweep"].update(cases=["multi-random"], log_model=False)
+    params["sweep"].update(variants=["multi-random"], log_model=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     run("git init -q -b main && dvc init -q && dvc config core.analytics false", repo, env)
     run(f"dvc remote add -d local {tmp_path / 'storage'}", repo, env)
     return repo, env
@@ -52,7 +59,11 @@ def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     assert ran_stages(first) == {"synth", "labels", "splits", "slices", "pretrain", "sweep", "report"}
     assert (repo / "data/slices/index.json").is_file() and (repo / "data/labels/qa.json").is_file()
     assert "multi-random" in (repo / "results/report/index.html").read_text()
-    assert sorted(p.name for p in (repo / "results/model").iterdir()) == ["boneseg.json", "fold0.pt", "fold1.pt"]
+    assert sorted(p.name for p in (repo / "results/model").iterdir()) == [
+        "boneseg.json",
+        "fold0.pt",
+        "fold1.pt",
+    ]
 
     again = run("dvc repro", repo, env)
     assert ran_stages(again) == set() and "Data and pipelines are up to date." in again

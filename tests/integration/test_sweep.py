@@ -2,10 +2,12 @@
 (sqlite file, and an `mlflow server` process); faults are injected, nothing is mocked."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,18 +15,26 @@ import mlflow
 import numpy as np
 import pytest
 
-from boneseg.config import to_yaml
+from boneseg.core.config import VARIANTS, to_yaml
 from boneseg.errors import ConfigError
-from boneseg.sweep import FAULT_ENV, run_sweep
+from boneseg.sweep.driver import run_sweep
+from boneseg.sweep.faults import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def sweep_cfg(base, tmp_path, cases=("multi-random", "single-random"), epochs=1, uri=None, **sweep):
-    s = {"cases": list(cases), "storage_path": str(tmp_path / "ray"), "metrics_file": str(tmp_path / "metrics.json"),
-         "folds_file": str(tmp_path / "folds.csv"), "log_model": False, "model_dir": str(tmp_path / "model"),
-         "trials_dir": str(tmp_path / "trials"), **sweep}
+def sweep_cfg(base, tmp_path, variants=("multi-random", "single-random"), epochs=1, uri=None, **sweep):
+    s = {
+        "variants": list(variants),
+        "storage_path": str(tmp_path / "ray"),
+        "metrics_file": str(tmp_path / "metrics.json"),
+        "folds_file": str(tmp_path / "folds.csv"),
+        "log_model": False,
+        "model_dir": str(tmp_path / "model"),
+        "trials_dir": str(tmp_path / "trials"),
+        **sweep,
+    }
     return base.model_copy(update={
         "sweep": base.sweep.model_copy(update=s),
         "report": base.report.model_copy(update={"out_dir": str(tmp_path / "report"), "bootstrap": 500}),
@@ -41,56 +51,92 @@ def runs_by_level(uri):
     return c, out
 
 
-def check_tree(uri, cases, n_folds):
+def check_tree(uri, variants, n_folds):
     c, runs = runs_by_level(uri)
-    assert len(runs["parent"]) == 1 and len(runs["case"]) == len(cases)
-    assert len(runs["fold"]) == len(cases) * n_folds
+    assert len(runs["parent"]) == 1 and len(runs["variant"]) == len(variants)
+    assert len(runs["fold"]) == len(variants) * n_folds
     assert {r.info.status for rs in runs.values() for r in rs} == {"FINISHED"}
     parent = runs["parent"][0].info.run_id
-    for case_run in runs["case"]:
-        assert case_run.data.tags["mlflow.parentRunId"] == parent
-        folds = [r for r in runs["fold"] if r.data.tags["mlflow.parentRunId"] == case_run.info.run_id]
-        assert len(folds) == n_folds
+    assert sorted(r.data.tags["variant"] for r in runs["variant"]) == sorted(variants)
+    for variant_run in runs["variant"]:
+        variant = variant_run.data.tags["variant"]
+        assert variant_run.data.tags["mlflow.parentRunId"] == parent
+        folds = [r for r in runs["fold"] if r.data.tags["mlflow.parentRunId"] == variant_run.info.run_id]
+        assert sorted(int(f.data.params["fold"]) for f in folds) == list(range(n_folds))
+        classes, init = VARIANTS[variant]
         for f in folds:
-            assert {f.data.params[k] for k in ("case", "classes", "init", "fold")} and f.data.tags["case"] == \
-                   case_run.data.tags["case"]
-        assert case_run.data.metrics["bone_dice_mean"] == pytest.approx(
+            assert (f.data.params["variant"], f.data.tags["variant"], f.data.params["classes"]) == \
+                (variant, variant, classes)
+            assert f.data.params["init"] == ("random" if init == "random" else "pretrained:thigh")
+        assert variant_run.data.metrics["bone_dice_mean"] == pytest.approx(
             np.mean([f.data.metrics["bone_dice"] for f in folds]))
     return c, runs
 
 
-def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkeypatch):
+def assert_no_tune_errors(text: str) -> None:
+    """A sweep logs no ERROR line (Tune logs failed experiment-state uploads this way)."""
+    bad = [line for line in text.splitlines() if " ERROR " in line or line.startswith("ERROR")]
+    assert not bad, "\n".join(bad[:5])
+
+
+@pytest.fixture
+def own_tmp(monkeypatch):
+    """This test's own temp folder for Ray's session files and the trials' scratch (short:
+    Ray's socket paths must stay under 108 characters), instead of the machine's /tmp."""
+    d = Path(tempfile.mkdtemp(prefix="bs", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(d))
+    monkeypatch.setenv("TMPDIR", str(d))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkeypatch, own_tmp, capfd):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = sweep_cfg(tiny_pipeline, tmp_path, log_model=True)
     table = run_sweep(cfg)
-    staging = Path("/tmp/ray/session_latest/artifacts")  # Ray's local trial folders (never cleaned by Ray)
-    assert staging.is_dir() and not list(staging.rglob("*.pt")), "model files left in Ray's session folder"
-    c, runs = check_tree(cfg.tracking.uri, cfg.sweep.cases, 2)
+    out = capfd.readouterr()
+    assert_no_tune_errors(out.out + out.err)
+    assert out.out.count("sweep: done") == 4
+    assert list(own_tmp.glob("ray/session_*")), "Ray did not use this test's temp folder"
+    # Ray's session folder (never cleaned by Ray) and the trials' scratch hold no model or checkpoint
+    assert not list(own_tmp.rglob("*.pt")) and not list(own_tmp.glob("boneseg-*"))
+    c, runs = check_tree(cfg.tracking.uri, cfg.sweep.variants, 2)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for case in cfg.sweep.cases:
-        assert metrics[case]["bone_dice_mean"] == pytest.approx(table[case]["bone_dice_mean"], abs=1e-6)
-    assert metrics["best_case"] in cfg.sweep.cases
+    for variant in cfg.sweep.variants:
+        assert metrics[variant]["bone_dice_mean"] == pytest.approx(table[variant]["bone_dice_mean"], abs=1e-6)
+        assert metrics[variant]["n_folds"] == 2
+    assert metrics["best_variant"] in cfg.sweep.variants
     lines = (tmp_path / "folds.csv").read_text().splitlines()
-    assert lines[0] == "case,fold,patient,bone_dice" and len(lines) == 1 + 2 * 4  # 2 cases x 4 val patients
+    assert lines[0] == "variant,fold,case,bone_dice" and len(lines) == 1 + 2 * 4  # 2 variants x 4 val cases
+    val = {c for f in json.loads(Path(cfg.data.splits_file).read_text())["folds"] for c in f["val"]}
+    assert {line.split(",")[2] for line in lines[1:]} == val
     parent = runs["parent"][0]
     assert parent.data.tags["git_commit"] and "ray_storage_path" in parent.data.tags
-    assert parent.data.tags["best_case"] == metrics["best_case"]
-    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"cases.md", "cases.csv"}
+    assert parent.data.tags["best_variant"] == metrics["best_variant"]
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"variants.md", "variants.csv"}
     fold = runs["fold"][0]
     assert [m.step for m in c.get_metric_history(fold.info.run_id, "val_bone_dice")] == [0]
     assert "summary.json" in {a.path for a in c.list_artifacts(fold.info.run_id)}
 
-    # the best case's fold models: on disk for DVC, and registered in MLflow
-    best = metrics["best_case"]
+    # the best variant's fold models: on disk for DVC, and registered in MLflow
+    best = metrics["best_variant"]
     manifest = json.loads((tmp_path / "model" / "boneseg.json").read_text())
-    assert manifest["case"] == best and manifest["folds"] == [0, 1] and manifest["registered_model"] == "models:/boneseg/1"
+    assert manifest["variant"] == best and manifest["folds"] == [0, 1]
+    assert manifest["scores"]["bone_dice_mean"] == pytest.approx(metrics[best]["bone_dice_mean"], abs=1e-6)
+    index = json.loads((tmp_path / "trials" / "index.json").read_text())
+    assert index["registered_model"] == "models:/boneseg/1" and index["best_variant"] == best
     assert manifest["preprocessing"] == {"image_size": 32, "window": [-200.0, 1500.0]}
     assert sorted(p.name for p in (tmp_path / "model").glob("fold*.pt")) == ["fold0.pt", "fold1.pt"]
     mv = c.get_model_version("boneseg", "1")
-    assert mv.tags["case"] == best and mv.tags["folds"] == "0,1" and mv.tags["sweep_id"] == parent.info.run_id
+    assert (
+        mv.tags["variant"] == best and mv.tags["folds"] == "0,1" and mv.tags["sweep_id"] == parent.info.run_id
+    )
     assert parent.data.tags["registered_model"] == "models:/boneseg/1"
-    assert sorted(p.parent.name for p in (tmp_path / "trials" / best).glob("fold*/history.json")) == ["fold0", "fold1"]
+    assert sorted(p.parent.name for p in (tmp_path / "trials" / best).glob("fold*/history.json")) == [
+        "fold0",
+        "fold1",
+    ]
     check_segment_and_report(cfg, tmp_path, c, parent.info.run_id, metrics, monkeypatch)
 
 
@@ -100,7 +146,7 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     import nibabel as nib
 
     from boneseg.cli import main as cli
-    from boneseg.report import build_report
+    from boneseg.stages.report import main as report_main
 
     monkeypatch.setenv("BONESEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)
@@ -109,7 +155,7 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     ct = sorted(Path(cfg.data.raw_dir).glob("*/abd*/ct.nii.gz"))[0]
     import hashlib
 
-    from boneseg.segment import resolve_model
+    from boneseg.tracking.registry import resolve_model
 
     def digests(paths):
         return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
@@ -121,30 +167,51 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     outs = {}
     for name, ref in refs.items():
         out = tmp_path / "seg" / name / "seg.nii.gz"
-        assert cli(["--params", str(params), "segment", "--input", str(ct), "--output", str(out), "--model", ref]) == 0
+        assert (
+            cli(
+                ["--params", str(params), "segment", "--input", str(ct), "--output", str(out), "--model", ref]
+            )
+            == 0
+        )
         outs[name] = nib.load(str(out))
     src = nib.load(str(ct))
     assert outs["registry"].shape == src.shape
     np.testing.assert_allclose(outs["registry"].affine, src.affine, atol=1e-5)
     a = np.asarray(outs["registry"].dataobj)
-    assert np.array_equal(a, np.asarray(outs["folder"].dataobj)) and np.array_equal(a, np.asarray(outs["run"].dataobj))
+    assert np.array_equal(a, np.asarray(outs["folder"].dataobj)) and np.array_equal(
+        a, np.asarray(outs["run"].dataobj)
+    )
     assert (tmp_path / "seg" / "registry" / "itksnap_labels.txt").is_file()
 
-    rep = build_report(cfg)
+    assert report_main(None, cfg) == 0
     page = (tmp_path / "report" / "index.html").read_text()
-    for case in cfg.sweep.cases:
-        assert f"{metrics[case]['bone_dice_mean']:.4f}" in page and f"{metrics[case]['bone_dice_std']:.4f}" in page
-    for f in ("fig_folds.png", "fig_curves.png", "fig_overlays.png", "report.json"):
-        assert (tmp_path / "report" / f).stat().st_size > 1000 or f == "report.json"
+    for variant in cfg.sweep.variants:
+        assert f"{metrics[variant]['bone_dice_mean']:.4f}" in page
+        assert f"{metrics[variant]['bone_dice_std']:.4f}" in page
+    for f in ("fig_folds.png", "fig_curves.png", "fig_overlays.png"):
+        assert (tmp_path / "report" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert saved["metrics"] == metrics and len(saved["statistics"]["differences"]) == 1
-    assert rep["logged_to"] == parent_id
+    assert saved["metrics"] == metrics and saved["figures"] == [
+        "fig_folds.png",
+        "fig_curves.png",
+        "fig_overlays.png",
+    ]
+    rows = [line.split(",") for line in (tmp_path / "folds.csv").read_text().splitlines()[1:]]
+    for variant in cfg.sweep.variants:  # each variant's CI is over exactly its rows of folds.csv
+        dice = [float(r[3]) for r in rows if r[0] == variant]
+        st = saved["statistics"]["variants"][variant]
+        assert st["n_cases"] == len(dice) and st["case_mean"] == pytest.approx(np.nanmean(dice))
+    (d,) = saved["statistics"]["differences"]
+    assert (d["a"], d["b"]) == tuple(cfg.sweep.variants) and d["n_cases"] == 4
+    best_rows = {r[2] for r in rows if r[0] == metrics["best_variant"]}
+    assert [o["kind"] for o in saved["overlays"]] == ["best", "worst"]
+    assert {o["case"] for o in saved["overlays"]} <= best_rows
     assert "report/index.html" in {a.path for a in client.list_artifacts(parent_id, "report")}
 
 
 def test_preflight_reports_each_problem_in_one_line(tiny_pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = sweep_cfg(tiny_pipeline, tmp_path, cases=("multi-pretrained",), uri="http://127.0.0.1:9")
+    cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-pretrained",), uri="http://127.0.0.1:9")
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"slices_dir": str(tmp_path / "none")})})
     with pytest.raises(ConfigError) as err:
         run_sweep(cfg)
@@ -154,12 +221,14 @@ def test_preflight_reports_each_problem_in_one_line(tiny_pipeline, tmp_path, mon
 
 
 @pytest.mark.parametrize("kind", ["raise", "sigkill"])
-def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(kind, tiny_pipeline, tmp_path, monkeypatch):
+def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(
+    kind, tiny_pipeline, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     marker = tmp_path / "fault.done"
     monkeypatch.setenv(FAULT_ENV, f"{kind}:multi-random:0:0:{marker}")
-    cfg = sweep_cfg(tiny_pipeline, tmp_path, cases=("multi-random",), epochs=2)
+    cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random",), epochs=2)
     run_sweep(cfg)
     assert marker.read_text() == kind  # the fault did happen
     c, runs = check_tree(cfg.tracking.uri, ["multi-random"], 2)
@@ -196,7 +265,7 @@ def test_sweep_against_an_mlflow_server(tiny_pipeline, tmp_path, monkeypatch):
             except Exception:
                 time.sleep(1)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        cfg = sweep_cfg(tiny_pipeline, tmp_path, cases=("multi-random",), uri=uri)
+        cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random",), uri=uri)
         run_sweep(cfg)
         check_tree(uri, ["multi-random"], 2)
     finally:
@@ -221,15 +290,19 @@ def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path):
             done_lines.append(line)
             break
     os.killpg(first.pid, signal.SIGKILL)
+    rest = first.stdout.read()
     first.wait(30)
     assert done_lines, "no trial finished before the kill"
-    second = subprocess.run(boneseg_cmd(params, "sweep"), cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=600)
+    assert_no_tune_errors(rest)
+    second = subprocess.run(
+        boneseg_cmd(params, "sweep"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming" in second.stdout
+    assert_no_tune_errors(second.stdout + second.stderr)
     finished = done_lines[0].split()[2].rstrip(":")
     assert f"epoch   {finished} " not in second.stdout  # the finished trial trained nothing again
-    check_tree(cfg.tracking.uri, cfg.sweep.cases, 2)  # still one tree, nothing duplicated
+    check_tree(cfg.tracking.uri, cfg.sweep.variants, 2)  # still one tree, nothing duplicated
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tiny_pipeline, tmp_path):
@@ -240,16 +313,39 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tiny_pipeline, tmp_path):
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     ray = str(BIN / "ray")
     try:
-        subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", str(tmp_ray),
-                        "--include-dashboard", "false", "--disable-usage-stats"], check=True, env=env,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                ray,
+                "start",
+                "--head",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "1",
+                "--temp-dir",
+                str(tmp_ray),
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
         subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
                         "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
-        cfg = sweep_cfg(tiny_pipeline, tmp_path, cases=("multi-random",))
+        cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random",))
         params = tmp_path / "params.yaml"
         params.write_text(to_yaml(cfg))
-        r = subprocess.run(boneseg_cmd(params, "sweep", "--address", f"127.0.0.1:{port}"), cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            boneseg_cmd(params, "sweep", "--address", f"127.0.0.1:{port}"),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         _, runs = check_tree(cfg.tracking.uri, ["multi-random"], 2)
         assert len({f.data.tags["ray_node_id"] for f in runs["fold"]}) == 2

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -10,12 +11,34 @@ from boneseg.cli import build_parser, main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_help_lists_every_stage_with_one_line(capsys):
+def test_help_lists_every_command_with_one_line(capsys):
+    from boneseg.cli import STAGES
+
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("config", "synth", "import", "preview"):
-        assert f"    {cmd} " in out
+    commands = [
+        "config",
+        "synth",
+        "import",
+        "labels",
+        "splits",
+        "slices",
+        "pretrain",
+        "train",
+        "sweep",
+        "report",
+        "evaluate",
+        "segment",
+        "preview",
+    ]
+    assert len(commands) == len(STAGES)  # a new stage module must be added here too
+    for cmd in commands:
+        line = next((x for x in out.splitlines() if x.startswith(f"    {cmd} ")), None)
+        assert line and len(line.split(None, 1)) == 2, f"{cmd}: no one-line help in `boneseg --help`"
+        with pytest.raises(SystemExit) as done:
+            main([cmd, "--help"])
+        assert done.value.code == 0
 
 
 def test_config_error_exits_2_and_names_key(capsys):
@@ -27,11 +50,15 @@ def test_config_error_exits_2_and_names_key(capsys):
 def test_settings_options_work_after_the_command_too(capsys):
     # the issue's form `boneseg train --case ... --set key=value` as well as `boneseg --set key=value train`
     rc = main(["config", "--params", str(ROOT / "params.yaml"), "--set", "data.image_size=100"])
-    assert rc == 2 and "data.image_size: expected a multiple of 32 (>= 32), got 100" in capsys.readouterr().err
+    assert (
+        rc == 2 and "data.image_size: expected a multiple of 32 (>= 32), got 100" in capsys.readouterr().err
+    )
     rc = main(["--params", str(ROOT / "params.yaml"), "--set", "train.epochs=3", "--set", "train.lr=0.5",
                "config", "--set", "train.lr=0.01"])
     out = capsys.readouterr().out
-    assert rc == 0 and "epochs: 3" in out and "lr: 0.01" in out and "lr: 0.5" not in out  # after the command wins
+    assert (
+        rc == 0 and "epochs: 3" in out and "lr: 0.01" in out and "lr: 0.5" not in out
+    )  # after the command wins
 
 
 def test_synth_and_preview_from_the_console_script(tmp_path):
@@ -50,10 +77,26 @@ def test_synth_and_preview_from_the_console_script(tmp_path):
 
 
 def test_telemetry_is_off_by_default():
-    import boneseg  # noqa: F401
+    """In a clean environment (scripts/test.sh exports the same variables itself), importing
+    boneseg turns every known telemetry off, and a user's own opt-in is kept."""
+    from boneseg import TELEMETRY_OFF
 
-    assert os.environ["DVC_NO_ANALYTICS"] and os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
-    assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    clean = {k: v for k, v in os.environ.items() if k not in TELEMETRY_OFF}
+    code = (
+        "import os, json, boneseg; print(json.dumps({k: os.environ.get(k) for k in boneseg.TELEMETRY_OFF}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, check=True)
+    seen = json.loads(r.stdout)
+    assert (
+        seen == TELEMETRY_OFF
+        and seen["MLFLOW_DISABLE_TELEMETRY"] == "true"
+        and seen["DVC_NO_ANALYTICS"] == "1"
+    )
+    assert set(TELEMETRY_OFF) >= {"DVC_NO_ANALYTICS", "MLFLOW_DISABLE_TELEMETRY", "HF_HUB_DISABLE_TELEMETRY",
+                                  "RAY_USAGE_STATS_ENABLED", "DO_NOT_TRACK"}
+    r = subprocess.run([sys.executable, "-c", code], env={**clean, "DO_NOT_TRACK": "0"}, capture_output=True,
+                       text=True, check=True)
+    assert json.loads(r.stdout)["DO_NOT_TRACK"] == "0"  # setdefault: an explicit choice wins
 
 
 def test_parser_builds():

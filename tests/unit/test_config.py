@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from boneseg.config import Config, load_config, parse_set
+from boneseg.core.config import Config, build_config, load_config, parse_set, to_yaml
 from boneseg.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,9 @@ def test_image_size_error_names_key_value_and_expectation(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.image_size: expected a multiple of 32 \(>= 32\), got 100"):
         load_config(p)
     p = write(tmp_path, {"train": {"patch_size": 80}})
-    with pytest.raises(ConfigError, match=r"train\.patch_size: expected null or a multiple of 32 \(>= 32\), got 80"):
+    with pytest.raises(
+        ConfigError, match=r"train\.patch_size: expected null or a multiple of 32 \(>= 32\), got 80"
+    ):
         load_config(p)
 
 
@@ -82,5 +84,13 @@ def test_parse_set_rejects_malformed():
 
 
 def test_defaults_forbid_extra_at_top_level():
-    with pytest.raises(Exception):
-        Config.model_validate({"trian": {}})
+    with pytest.raises(ConfigError, match=r"(?s)invalid settings.*\btrian: unknown key"):
+        build_config({"trian": {}})
+
+
+def test_the_models_defaults_are_params_yaml():
+    """Defaults are defined once: params.yaml (without an experiment) is exactly Config()."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert raw["experiment"] is None
+    assert Config.model_validate(raw).model_dump() == Config().model_dump()
+    assert yaml.safe_load(to_yaml(Config())) == Config.model_validate(raw).model_dump(mode="json")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from boneseg.cli import main
+from boneseg.core.evaluation import evaluate_folder
+from boneseg.core.nifti import Volume, save_volume
 from boneseg.errors import DataError
-from boneseg.evaluate_cmd import evaluate_folder
-from boneseg.nifti import Volume, save_volume
 
 AFF = np.diag([2.0, 2.0, 5.0, 1.0])  # 20 mm^3 per voxel
 
@@ -29,7 +29,9 @@ def test_hand_built_cases(tmp_path):
     a = res["metric_per_case"][0]
     assert a["bone_dice"] == pytest.approx(160 / 180)
     assert (a["tp"]["bone"], a["fp"]["bone"], a["fn"]["bone"]) == (80, 0, 20)
-    assert a["volume_ml_truth"]["bone"] == pytest.approx(2.0) and a["volume_ml_pred"]["bone"] == pytest.approx(1.6)
+    assert a["volume_ml_truth"]["bone"] == pytest.approx(2.0) and a["volume_ml_pred"][
+        "bone"
+    ] == pytest.approx(1.6)
     assert math.isnan(res["metric_per_case"][1]["bone_dice"])
     assert res["bone_dice"] == pytest.approx(160 / 180) and res["mean"]["bone"]["n_nan"] == 1
     assert set(res["mean"]) == {"bone", "kidney", "vessel", "liver"}

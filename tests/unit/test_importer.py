@@ -4,10 +4,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import LPS, make_ct, make_labels
+from boneseg.core.importing import import_cohort, ts_label_id
+from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume
 from boneseg.errors import DataError
-from boneseg.importer import import_cohort, ts_label_id
-from boneseg.nifti import Volume, load_ct, load_labels, save_volume
+from conftest import LPS, make_ct, make_labels
 
 
 def nifti_source(root, n=2, affine=LPS):
@@ -132,9 +132,23 @@ def test_totalsegmentator_mask_geometry_checked(tmp_path):
         import_cohort(src, tmp_path / "raw", "totalsegmentator", id_map_path=tmp_path / "m.json")
 
 
-@pytest.mark.parametrize("name,lid", [("femur_left", 1), ("hip_right", 1), ("sacrum", 1), ("sternum", 1),
-                                      ("vertebrae_T12", 1), ("rib_right_11", 1), ("kidney_right", 2),
-                                      ("inferior_vena_cava", 3), ("portal_vein_and_splenic_vein", 3),
-                                      ("iliac_vena_left", 3), ("liver", 4), ("stomach", 0), ("lung_upper_lobe_left", 0)])
+@pytest.mark.parametrize(
+    "name,lid",
+    [
+        ("femur_left", 1),
+        ("hip_right", 1),
+        ("sacrum", 1),
+        ("sternum", 1),
+        ("vertebrae_T12", 1),
+        ("rib_right_11", 1),
+        ("kidney_right", 2),
+        ("inferior_vena_cava", 3),
+        ("portal_vein_and_splenic_vein", 3),
+        ("iliac_vena_left", 3),
+        ("liver", 4),
+        ("stomach", 0),
+        ("lung_upper_lobe_left", 0),
+    ],
+)
 def test_ts_label_ids(name, lid):
     assert ts_label_id(name) == lid

@@ -3,11 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from boneseg import synth
-from boneseg.config import Config, LabelsConfig, SynthConfig
-from boneseg.labels import derive_case, derive_labels, fill_marrow
-from boneseg.metrics import dice
-from boneseg.nifti import Volume, load_labels, save_volume
+from boneseg.core import synth
+from boneseg.core.config import Config, LabelsConfig, SynthConfig
+from boneseg.core.labelling import derive_case, derive_labels, fill_marrow
+from boneseg.core.metrics import dice
+from boneseg.core.nifti import Volume, load_labels, save_volume
+from boneseg.errors import DataError
+from conftest import make_ct
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +50,6 @@ def _raw_case(tmp_path, cohort="abdomen", truth=True):
                   "truth": d / "truth.nii.gz" if truth else None, "phase": case.meta["phase"]}
 
 
-def fill_proposal(info):
-    from boneseg.nifti import load_ct
-
-    ct = load_ct(info["ct"])
-    cfg = LabelsConfig()
-    return fill_marrow(ct.data, ct.spacing, cfg.threshold_hu.abdomen, cfg).astype(np.uint8)
-
-
 def test_final_label_order_correction_then_truth_then_proposal(tmp_path):
     case, info = _raw_case(tmp_path)
     corr = tmp_path / "corrections"
@@ -66,7 +60,6 @@ def test_final_label_order_correction_then_truth_then_proposal(tmp_path):
     save_volume(Volume(edited, case.ct.affine), corr / f"{case.case_id}.nii.gz")
     vol, qa = derive_case(info, corr, LabelsConfig())
     assert qa["label_source"] == "correction" and np.array_equal(vol.data, edited)
-    assert qa["corrected_voxels"] == int((edited != vol.data * 0 + fill_proposal(info)).sum())
     info["truth"] = None
     (corr / f"{case.case_id}.nii.gz").unlink()
     vol, qa = derive_case(info, corr, LabelsConfig())
@@ -74,19 +67,46 @@ def test_final_label_order_correction_then_truth_then_proposal(tmp_path):
     assert set(np.unique(vol.data)) <= {0, 1}
 
 
+def test_correction_effort_counts_the_voxels_an_annotator_changed(tmp_path):
+    """A CT whose proposal is known by construction: one 4 x 4 x 6 bone block at 900 HU
+    (96 voxels; threshold + fill gives exactly the block). The correction removes 4 bone
+    voxels and paints a 2 x 2 x 6 kidney: 28 voxels changed, 4 of them bone."""
+    ct = make_ct()  # the bone block lies at [9:13, 8:12, :]
+    d = tmp_path / "raw" / "abdomen" / "abd000"
+    save_volume(ct, d / "ct.nii.gz")
+    info = {"case": "abd000", "cohort": "abdomen", "ct": d / "ct.nii.gz", "truth": None, "phase": "none"}
+    _, qa = derive_case(info, tmp_path / "corr", LabelsConfig())
+    assert qa["label_source"] == "proposal-unreviewed" and qa["corrected_voxels"] == 0
+    edited = np.zeros(ct.shape, np.uint8)
+    edited[9:13, 8:12, :] = 1
+    edited[9, 8:12, 0] = 0
+    edited[5:7, 5:7, :] = 2
+    save_volume(Volume(edited, ct.affine), tmp_path / "corr" / "abd000.nii.gz")
+    vol, qa = derive_case(info, tmp_path / "corr", LabelsConfig())
+    assert qa["label_source"] == "correction" and np.array_equal(vol.data, edited)
+    assert (qa["corrected_voxels"], qa["corrected_bone_voxels"]) == (28, 4)
+
+
 def test_correction_on_wrong_grid_is_refused(tmp_path):
     case, info = _raw_case(tmp_path)
     corr = tmp_path / "corrections"
     save_volume(Volume(case.truth.data[:-1], case.ct.affine), corr / f"{case.case_id}.nii.gz")
-    with pytest.raises(Exception, match=r"abd000\.nii\.gz: shape"):
+    with pytest.raises(DataError, match=r"abd000\.nii\.gz: shape"):
         derive_case(info, corr, LabelsConfig())
 
 
 def test_stage_writes_labels_and_qa(tmp_path):
     _raw_case(tmp_path, "abdomen")
     _raw_case(tmp_path, "thigh")
-    cfg = Config.model_validate({"data": {"raw_dir": str(tmp_path / "raw"), "labels_dir": str(tmp_path / "labels"),
-                                          "corrections_dir": str(tmp_path / "corr")}})
+    cfg = Config.model_validate(
+        {
+            "data": {
+                "raw_dir": str(tmp_path / "raw"),
+                "labels_dir": str(tmp_path / "labels"),
+                "corrections_dir": str(tmp_path / "corr"),
+            }
+        }
+    )
     report = derive_labels(cfg, progress=False)
     qa = json.loads((tmp_path / "labels" / "qa.json").read_text())
     assert qa == json.loads(json.dumps(report))

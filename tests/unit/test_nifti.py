@@ -4,10 +4,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import LPS, RAS, make_ct, make_labels, oblique_affine
+from boneseg.core.io import atomic_path
+from boneseg.core.nifti import (
+    Volume,
+    check_pair,
+    load_ct,
+    load_labels,
+    load_volume,
+    save_volume,
+    to_canonical,
+)
 from boneseg.errors import DataError
-from boneseg.nifti import (Volume, atomic_path, check_pair, load_ct, load_labels, load_volume, save_volume,
-                           to_canonical)
+from conftest import LPS, RAS, make_ct, make_labels, oblique_affine
 
 
 @pytest.mark.parametrize("affine", [RAS, LPS, oblique_affine()], ids=["RAS", "LPS", "oblique"])

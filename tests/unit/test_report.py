@@ -1,16 +1,16 @@
-"""The report's statistics: paired bootstrap intervals on hand-built per-patient scores."""
+"""The report's statistics: paired bootstrap intervals on hand-built per-case scores."""
 import math
 
 import numpy as np
 import pytest
 
-from boneseg.report import paired_bootstrap, per_patient, statistics
+from boneseg.core.stats import paired_bootstrap, per_case, statistics
 
 
-def test_identical_cases_differ_by_exactly_zero():
+def test_identical_variants_differ_by_exactly_zero():
     a = {f"p{i}": 0.8 + 0.01 * i for i in range(8)}
     d = paired_bootstrap(a, dict(a), n=2000)
-    assert d["mean_diff"] == 0 and d["ci95"] == [0, 0] and d["n_patients"] == 8
+    assert d["mean_diff"] == 0 and d["ci95"] == [0, 0] and d["n_cases"] == 8
 
 
 def test_a_constant_shift_is_found_with_a_tight_interval_and_pairing_matters():
@@ -29,20 +29,20 @@ def test_a_constant_shift_is_found_with_a_tight_interval_and_pairing_matters():
     assert d2["ci95"][1] - d2["ci95"][0] < 0.05
 
 
-def test_only_patients_both_cases_scored_are_paired_and_nan_is_left_out():
-    rows = [{"case": "x", "fold": 0, "patient": "p1", "bone_dice": 0.9},
-            {"case": "x", "fold": 0, "patient": "p2", "bone_dice": float("nan")},
-            {"case": "x", "fold": 1, "patient": "p3", "bone_dice": 0.7},
-            {"case": "y", "fold": 0, "patient": "p1", "bone_dice": 0.8},
-            {"case": "y", "fold": 1, "patient": "p3", "bone_dice": 0.8},
-            {"case": "y", "fold": 1, "patient": "p4", "bone_dice": 0.1}]
-    assert per_patient(rows, "x") == {"p1": 0.9, "p3": 0.7}
-    stats = statistics({"cases": ["x", "y"], "rows": rows}, n=1000, seed=0)
+def test_only_cases_both_variants_scored_are_paired_and_nan_is_left_out():
+    rows = [{"variant": "x", "fold": 0, "case": "p1", "bone_dice": 0.9},
+            {"variant": "x", "fold": 0, "case": "p2", "bone_dice": float("nan")},
+            {"variant": "x", "fold": 1, "case": "p3", "bone_dice": 0.7},
+            {"variant": "y", "fold": 0, "case": "p1", "bone_dice": 0.8},
+            {"variant": "y", "fold": 1, "case": "p3", "bone_dice": 0.8},
+            {"variant": "y", "fold": 1, "case": "p4", "bone_dice": 0.1}]
+    assert per_case(rows, "x") == {"p1": 0.9, "p3": 0.7}
+    stats = statistics(rows, ["x", "y"], n=1000, seed=0)
     d = stats["differences"][0]
-    assert (d["a"], d["b"], d["n_patients"]) == ("x", "y", 2)
+    assert (d["a"], d["b"], d["n_cases"]) == ("x", "y", 2)
     assert d["mean_diff"] == pytest.approx(0.0)  # (0.1 + -0.1) / 2; p4 is not paired
-    assert stats["cases"]["y"]["n_patients"] == 3
-    lo, hi = stats["cases"]["x"]["ci95"]
+    assert stats["variants"]["y"]["n_cases"] == 3
+    lo, hi = stats["variants"]["x"]["ci95"]
     assert 0.7 <= lo <= 0.8 <= hi <= 0.9
     one = paired_bootstrap({"p1": 1.0}, {"p1": 0.5})
-    assert one["n_patients"] == 1 and math.isnan(one["mean_diff"])
+    assert one["n_cases"] == 1 and math.isnan(one["mean_diff"])

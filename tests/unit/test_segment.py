@@ -1,18 +1,27 @@
 """`boneseg segment`: geometry round trips, the fold ensemble, files and refusals."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from boneseg.config import Config
+from boneseg.core.config import Config
+from boneseg.core.inference import (
+    LABEL_FILE,
+    ensemble_probabilities,
+    find_checkpoints,
+    label_description,
+    load_fold_models,
+    segment_files,
+    segment_volume,
+)
+from boneseg.core.models import build_model
+from boneseg.core.nifti import Volume, load_labels, save_volume
+from boneseg.core.preprocess import apply_window, resize_planes, stack_25d
 from boneseg.errors import DataError
-from boneseg.models import build_model
-from boneseg.nifti import Volume, load_labels, save_volume
-from boneseg.segment import (LABEL_FILE, ensemble_probabilities, label_description, load_fold_models,
-                             segment_files, segment_volume)
-from boneseg.slices import apply_window, resize_planes
 
 SIZE, WINDOW = 32, [-200.0, 1500.0]
 
@@ -33,13 +42,12 @@ def phantom_labels(ct: np.ndarray) -> np.ndarray:
 
 def save_model(path, seed: int, classes: str = "multi", fold: int = 0, steps: int = 30):
     """A U-Net fitted for a few steps to the phantom (so its output follows the anatomy)."""
-    from boneseg.evaluate import stack_all_25d
-    from boneseg.losses import segmentation_loss
+    from boneseg.core.losses import segmentation_loss
 
     torch.manual_seed(seed)
     net, _ = build_model(5 if classes == "multi" else 2, "none")
     ct = phantom()
-    x = torch.from_numpy(stack_all_25d(apply_window(resize_planes(ct, SIZE, "image"), WINDOW)))
+    x = torch.from_numpy(stack_25d(apply_window(resize_planes(ct, SIZE, "image"), WINDOW)))
     y = torch.from_numpy(resize_planes(phantom_labels(ct).astype(np.uint8), SIZE, "labels").astype(np.int64))
     if classes == "single":
         y = (y == 1).long()
@@ -50,7 +58,7 @@ def save_model(path, seed: int, classes: str = "multi", fold: int = 0, steps: in
         opt.zero_grad()
         loss.backward()
         opt.step()
-    torch.save({"model": net.state_dict(), "classes": classes, "case": f"{classes}-random", "fold": fold,
+    torch.save({"model": net.state_dict(), "classes": classes, "variant": f"{classes}-random", "fold": fold,
                 "preprocessing": {"image_size": SIZE, "window": WINDOW}, "weights": {"source": "none"}}, path)
     return path
 
@@ -63,6 +71,11 @@ def models(tmp_path_factory):
 
 def cfg() -> Config:
     return Config.model_validate({"train": {"device": "cpu", "threads": 2}})
+
+
+def segment(inp, out, model, **kw):
+    """What `boneseg segment --model FILE_OR_FOLDER` runs."""
+    return segment_files(cfg(), inp, out, find_checkpoints(Path(model)), progress=False, **kw)
 
 
 RAS = np.diag([0.8, 0.7, 3.0, 1.0])
@@ -85,7 +98,7 @@ def oblique_affine(deg=12.0):
 
 def test_output_keeps_each_inputs_grid_and_labels_the_same_anatomy(tmp_path, models):
     ct = phantom()
-    variants = {
+    inputs = {
         "ras": (ct, RAS),
         "lps": (ct[::-1, ::-1, :], lps_affine(ct.shape)),
         # voxel axes stored as (z, x, y): the slice axis first
@@ -93,12 +106,12 @@ def test_output_keeps_each_inputs_grid_and_labels_the_same_anatomy(tmp_path, mod
         "oblique": (ct, oblique_affine()),
     }
     inp = tmp_path / "in"
-    for name, (data, aff) in variants.items():
+    for name, (data, aff) in inputs.items():
         save_volume(Volume(np.ascontiguousarray(data), aff), inp / f"{name}.nii.gz")
-    res = segment_files(cfg(), inp, tmp_path / "out", str(models[0].parent), progress=False)
+    res = segment(inp, tmp_path / "out", str(models[0].parent))
     assert len(res) == 4
     out = {}
-    for name, (data, aff) in variants.items():
+    for name, (data, aff) in inputs.items():
         img = nib.load(str(tmp_path / "out" / f"{name}.nii.gz"))
         assert img.shape == data.shape and img.get_data_dtype() == np.uint8
         np.testing.assert_allclose(img.affine, aff, atol=1e-5)
@@ -137,7 +150,7 @@ def test_bone_only_output_and_single_class_models(tmp_path, models):
     np.testing.assert_array_equal(bone, np.where(full == 1, 1, 0))
     single = save_model(tmp_path / "single.pt", seed=3, classes="single", steps=1)
     save_volume(ct, tmp_path / "ct.nii.gz")
-    segment_files(cfg(), tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz", str(single), progress=False)
+    segment(tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz", str(single))
     assert set(np.unique(load_labels(tmp_path / "seg.nii.gz").data)) <= {0, 1}
     assert '"kidney"' not in (tmp_path / LABEL_FILE).read_text()
     with pytest.raises(DataError, match="differ in classes"):
@@ -149,13 +162,13 @@ def test_bad_inputs_are_refused_by_name_and_leave_no_output(tmp_path, models):
     raw = (tmp_path / "ct.nii.gz").read_bytes()
     (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="cut.nii.gz.*truncated or corrupt"):
-        segment_files(cfg(), tmp_path / "cut.nii.gz", tmp_path / "o" / "cut.nii.gz", str(models[0]), progress=False)
+        segment(tmp_path / "cut.nii.gz", tmp_path / "o" / "cut.nii.gz", str(models[0]))
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     with pytest.raises(DataError, match="would overwrite its input"):
-        segment_files(cfg(), tmp_path / "ct.nii.gz", tmp_path / "ct.nii.gz", str(models[0]), progress=False)
+        segment(tmp_path / "ct.nii.gz", tmp_path / "ct.nii.gz", str(models[0]))
     with pytest.raises(DataError, match="nope.pt: not found|not an existing checkpoint"):
-        segment_files(cfg(), tmp_path / "ct.nii.gz", tmp_path / "s.nii.gz", str(tmp_path / "nope.pt"), progress=False)
+        segment(tmp_path / "ct.nii.gz", tmp_path / "s.nii.gz", str(tmp_path / "nope.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="junk.pt: not a boneseg model checkpoint"):
-        segment_files(cfg(), tmp_path / "ct.nii.gz", tmp_path / "s.nii.gz", str(tmp_path / "junk.pt"), progress=False)
+        segment(tmp_path / "ct.nii.gz", tmp_path / "s.nii.gz", str(tmp_path / "junk.pt"))
     assert not (tmp_path / "s.nii.gz").exists()

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from boneseg.config import Config, SplitsConfig
-from boneseg.dataset import SliceDataset, fold_labels, stack_25d
+from boneseg.core.config import Config, SplitsConfig
+from boneseg.core.dataset import SliceDataset
+from boneseg.core.labelmap import merge_classes
+from boneseg.core.preprocess import apply_window, resize_back, resize_planes, stack_25d
+from boneseg.core.slices import build_slices
+from boneseg.core.splits import check_splits, make_splits
 from boneseg.errors import DataError
-from boneseg.slices import apply_window, build_slices, resize_back, resize_planes
-from boneseg.splits import check_splits, make_splits
 
 CASES = [f"abd{i:03d}" for i in range(14)]
 PHASES = {c: ("none", "arterial", "portal-venous")[i % 3] for i, c in enumerate(CASES)}
@@ -51,9 +53,12 @@ def test_check_splits_catches_a_leak():
 
 def test_stack_25d_repeats_edges():
     vol = np.arange(4)[:, None, None] * np.ones((4, 2, 2))
-    assert stack_25d(vol, 0)[:, 0, 0].tolist() == [0, 0, 1]
-    assert stack_25d(vol, 2)[:, 0, 0].tolist() == [1, 2, 3]
-    assert stack_25d(vol, 3)[:, 0, 0].tolist() == [2, 3, 3]
+    assert stack_25d(vol, 0)[0, :, 0, 0].tolist() == [0, 0, 1]
+    assert stack_25d(vol, 2)[0, :, 0, 0].tolist() == [1, 2, 3]
+    assert stack_25d(vol, 3)[0, :, 0, 0].tolist() == [2, 3, 3]
+    every = stack_25d(vol)  # (Z, 3, S, S): the one stacking that training and inference share
+    assert every.shape == (4, 3, 2, 2) and every.dtype == np.float32
+    assert every[:, :, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
 
 
 def test_resampling_keeps_label_ids_and_geometry():
@@ -78,24 +83,32 @@ def test_window():
     assert w.tolist() == pytest.approx([0, 0, 0.5, 1, 1])
 
 
-def test_fold_labels_single_class():
+def test_merge_classes_single_class():
     y = np.array([0, 1, 2, 3, 4], np.uint8)
-    assert fold_labels(y, "single").tolist() == [0, 1, 0, 0, 0]
-    assert fold_labels(y, "multi").tolist() == [0, 1, 2, 3, 4]
-    with pytest.raises(ValueError):
-        fold_labels(y, "dual")
+    assert merge_classes(y, "single").tolist() == [0, 1, 0, 0, 0]
+    assert merge_classes(y, "multi").tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="expected 'multi' or 'single'"):
+        merge_classes(y, "dual")
 
 
 def test_slices_stage_and_dataset(tmp_path):
-    from boneseg import synth
-    from boneseg.config import SynthConfig
-    from boneseg.labels import derive_labels
+    from boneseg.core import synth
+    from boneseg.core.config import SynthConfig
+    from boneseg.core.labelling import derive_labels
 
     scfg = SynthConfig(seed=2, abdomen=2, thigh=1, matrix=64, slices=6)
     synth.synthesize(scfg, tmp_path / "raw", progress=False)
-    cfg = Config.model_validate({"data": {"raw_dir": str(tmp_path / "raw"), "labels_dir": str(tmp_path / "lab"),
-                                          "slices_dir": str(tmp_path / "sl"), "image_size": 32,
-                                          "corrections_dir": str(tmp_path / "c")}})
+    cfg = Config.model_validate(
+        {
+            "data": {
+                "raw_dir": str(tmp_path / "raw"),
+                "labels_dir": str(tmp_path / "lab"),
+                "slices_dir": str(tmp_path / "sl"),
+                "image_size": 32,
+                "corrections_dir": str(tmp_path / "c"),
+            }
+        }
+    )
     derive_labels(cfg, progress=False)
     index = build_slices(cfg, progress=False)
     assert json.loads((tmp_path / "sl" / "index.json").read_text())["window"] == [-200.0, 1500.0]

@@ -2,10 +2,11 @@ import json
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from boneseg import synth
-from boneseg.config import SynthConfig
-from boneseg.nifti import load_ct, load_labels
+from boneseg.core import synth
+from boneseg.core.config import SynthConfig
+from boneseg.core.nifti import load_ct, load_labels
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_default_matrix_gives_sub_slice_in_plane_spacing():
 
 
 def test_bad_arguments_rejected():
-    with pytest.raises(Exception, match="noise_hu"):
+    with pytest.raises(ValidationError, match="noise_hu"):
         SynthConfig(noise_hu=(60, 15))
-    with pytest.raises(Exception, match="matrix"):
+    with pytest.raises(ValidationError, match="matrix"):
         SynthConfig(matrix=8)

@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
-from boneseg.config import TrainConfig
-from boneseg.losses import segmentation_loss, soft_dice_loss
-from boneseg.models import UNet
-from boneseg.train import autocast_args, fit
+from boneseg.core.config import TrainConfig
+from boneseg.core.losses import segmentation_loss, soft_dice_loss
+from boneseg.core.models import UNet
+from boneseg.core.runtime import autocast_args
+from boneseg.core.training import fit
 
 
 def test_loss_of_one_hot_probability_targets_equals_the_loss_of_ids():
@@ -16,15 +17,17 @@ def test_loss_of_one_hot_probability_targets_equals_the_loss_of_ids():
     ids = torch.randint(0, 5, (2, 8, 8))
     onehot = torch.nn.functional.one_hot(ids, 5).permute(0, 3, 1, 2).float()
     for kind in ("dice", "dice_ce"):
-        torch.testing.assert_close(segmentation_loss(logits, onehot, kind), segmentation_loss(logits, ids, kind))
-    from boneseg.augment import random_affine
+        torch.testing.assert_close(
+            segmentation_loss(logits, onehot, kind), segmentation_loss(logits, ids, kind)
+        )
+    from boneseg.core.augment import random_affine
 
     x, y = random_affine(torch.rand(2, 3, 8, 8), onehot.clone(), 10, 0.1, 0.1)
     torch.testing.assert_close(y.sum(1), torch.ones(2, 8, 8))  # warped fractions still sum to 1
 
 
 def test_random_crop_cuts_the_same_window_from_image_and_target_and_replays_from_the_rng_state():
-    from boneseg.augment import random_crop
+    from boneseg.core.augment import random_crop
 
     h, w = 12, 10
     pos = torch.arange(h * w).reshape(h, w)  # every pixel holds its own position
@@ -105,8 +108,10 @@ def test_fit_writes_summary_and_resume_continues_the_same_trajectory(tiny_pipeli
     assert 0 <= straight.bone_dice <= 1 and not math.isnan(straight.test_bone_dice)
 
 
-def test_patch_training_resumes_on_the_same_windows_and_validates_whole_slices(tiny_pipeline, tmp_path):
-    from boneseg.slices import build_slices
+def test_patch_training_resumes_on_the_same_windows_and_validates_whole_slices(tiny_pipeline, tmp_path,
+                                                                               monkeypatch):
+    from boneseg.core import training
+    from boneseg.core.slices import build_slices
 
     data = tiny_pipeline.data.model_copy(update={"image_size": 64, "slices_dir": str(tmp_path / "slices64")})
     build_slices(tiny_pipeline.model_copy(update={"data": data}), progress=False)
@@ -120,9 +125,18 @@ def test_patch_training_resumes_on_the_same_windows_and_validates_whole_slices(t
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=False)["model"]
     assert all(torch.equal(a["model"][k], b[k]) for k in b)
     assert a["preprocessing"]["image_size"] == 64  # the model is applied to whole 64x64 slices
-    whole = fit(cfg.model_copy(update={"train": train.model_copy(update={"patch_size": None})}), "multi-random", 0,
-                out_dir=tmp_path / "whole")
-    assert whole.history[0]["train_loss"] != straight.history[0]["train_loss"]  # the patches were really cut
+    seen = []  # the training batches' spatial sizes, as random_crop hands them to the model
+
+    def spy(x, y, size):
+        out = crop(x, y, size)
+        seen.append((tuple(x.shape[-2:]), tuple(out[0].shape[-2:]), tuple(out[1].shape[-2:])))
+        return out
+
+    crop = training.random_crop
+    monkeypatch.setattr(training, "random_crop", spy)
+    fit(cfg, "multi-random", 0, out_dir=tmp_path / "spied")
+    assert seen and set(seen) == {((64, 64), (32, 32), (32, 32))}  # every batch: 64 px slices cut to 32 px
+    assert straight.history[0]["images_per_s"] > 0
 
 
 def cfg_val_cases(cfg, fold):
@@ -147,8 +161,8 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_pipeline, tmp_path):
 
 
 def test_pretrain_writes_an_encoder_the_pretrained_case_loads(tiny_pipeline, tmp_path, monkeypatch):
-    from boneseg.models import build_model
-    from boneseg.pretrain import pretrain
+    from boneseg.core.models import build_model
+    from boneseg.core.pretrain import pretrain
 
     monkeypatch.chdir(tmp_path)  # "thigh" resolves results/pretrain/... relative to the repo root
     report = pretrain(tiny_pipeline)

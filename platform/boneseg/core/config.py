@@ -1,0 +1,311 @@
+"""The typed settings tree: params.yaml (+ an experiment override) -> `Config`.
+
+Every model forbids unknown keys, so a typo in params.yaml is an error that names the
+key path instead of a silently ignored setting. `load_config()` is the only reader.
+The defaults here are the quick profile: params.yaml equals `Config()` (a test says so).
+
+lines: over 300 because it is the one typed tree of every setting, each with its
+default, bounds and description; split up, the defaults would no longer be in one place.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from boneseg.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+EXPERIMENTS_DIR = "experiments"
+# The study's four settings ("environments" in its text), each (classes, encoder init).
+# A "variant" is one of these; a "case" is one patient/image, as in nnU-Net and MONAI.
+VARIANTS = {
+    "multi-random": ("multi", "random"),
+    "single-random": ("single", "random"),
+    "multi-pretrained": ("multi", "pretrained"),
+    "single-pretrained": ("single", "pretrained"),
+}
+THIGH_WEIGHTS = "results/pretrain/thigh_encoder.safetensors"  # written by the `pretrain` stage
+ENCODER_WEIGHT_NAMES = ("none", "imagenet", "thigh")  # the named choices; anything else is a file
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthConfig(_Strict):
+    """The synthetic CT cohort (`boneseg synth`)."""
+
+    seed: int = 0
+    abdomen: int = Field(12, ge=0, description="number of abdominal CTs")
+    thigh: int = Field(6, ge=0, description="number of thigh CTs")
+    matrix: int = Field(256, ge=32, le=1024, description="in-plane voxels per side")
+    slices: int = Field(32, ge=4, le=1000, description="nominal slice count (per patient +-20 %)")
+    noise_hu: tuple[float, float] = (15.0, 60.0)
+
+    @field_validator("noise_hu")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1]:
+            raise ValueError(f"expected [low, high] with 0 <= low <= high, got {list(v)}")
+        return v
+
+
+def unet_side(v: int, also: str = "") -> int:
+    """The U-Net downsamples 5 times: an input side must divide by 2**5."""
+    if v < 32 or v % 32:
+        raise ValueError(f"expected {also}a multiple of 32 (>= 32), got {v}")
+    return v
+
+
+class DataConfig(_Strict):
+    raw_dir: str = "data/raw"
+    labels_dir: str = "data/labels"
+    corrections_dir: str = "data/corrections"
+    splits_file: str = "data/splits.json"
+    slices_dir: str = "data/slices"
+    image_size: int = Field(160, description="2.5-D slice side after in-plane resampling")
+    window: tuple[float, float] = (-200.0, 1500.0)
+    synth: SynthConfig = SynthConfig()
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_32(cls, v: int) -> int:
+        return unet_side(v)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"expected [low_hu, high_hu] with low < high, got {list(v)}")
+        return v
+
+
+class ThresholdConfig(_Strict):
+    """Bone threshold per cohort: the thick femoral cortex takes a higher one than thin
+    vertebral/rib shells, where partial volume dims the shell (docs/data.md has the sweep)."""
+
+    abdomen: float = 300.0
+    thigh: float = 450.0
+
+
+class LabelsConfig(_Strict):
+    """Label derivation (`boneseg labels`): the study's threshold masks + marrow fill."""
+
+    threshold_hu: ThresholdConfig = ThresholdConfig()
+    min_component_voxels: int = Field(30, ge=0, description="drop smaller 3-D components (noise)")
+    component_min_mean_hu: float = Field(350.0, description="drop dim components (enhanced vessels)")
+    closing_mm: float = Field(2.0, ge=0, description="in-plane closing radius before hole filling")
+
+
+class SplitsConfig(_Strict):
+    folds: int = Field(4, ge=2)
+    test_cases: int = Field(2, ge=0)
+    seed: int = 0
+    stratify: bool = True
+
+
+class ModelConfig(_Strict):
+    encoder_weights: str = Field("thigh", description="pretrained variants: imagenet | thigh | a file path")
+    thigh_weights: str = Field(THIGH_WEIGHTS, description="where `thigh` is read")
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v in ENCODER_WEIGHT_NAMES or v.endswith((".safetensors", ".pt", ".pth", ".bin")):
+            return v
+        raise ValueError(f"expected none, imagenet, thigh or a .safetensors/.pt/.pth file, got {v!r}")
+
+
+class TrainConfig(_Strict):
+    """One trial: AdamW + OneCycleLR (stepped per batch), AMP on CUDA, fp32 on CPU."""
+
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0, description="OneCycle peak learning rate")
+    weight_decay: float = Field(1e-3, ge=0)
+    pct_start: float = Field(0.25, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    loss: Literal["dice", "dice_ce"] = "dice_ce"
+    ce_weight: float = Field(1.0, ge=0)
+    targets: Literal["soft", "hard"] = Field(
+        "hard", description="soft: area fractions of each label per slice pixel; hard: nearest-sampled ids")
+    amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
+    channels_last: bool = True
+    augment: bool = Field(False, description="random affine + intensity jitter on training batches")
+    patch_size: int | None = Field(
+        96, description="train on random patch_size x patch_size windows of each slice (null: whole slices); "
+                          "validation and inference always see whole slices")
+    num_workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    eval_batch_size: int = Field(32, ge=1)
+    out_dir: str = "results/train"
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_multiple_of_32(cls, v: int | None) -> int | None:
+        return None if v is None else unet_side(v, "null or ")
+
+
+class PretrainConfig(_Strict):
+    """The `pretrain` stage: the same U-Net on thigh slices vs their threshold femur masks."""
+
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+
+class TrackingConfig(_Strict):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (MLFLOW_TRACKING_URI wins)")
+    experiment: str = "boneseg"
+    registered_model: str | None = Field(
+        "boneseg",
+        description="the sweep registers its best variant's fold models under this name (null: not)",
+    )
+
+
+class SweepConfig(_Strict):
+    """The Ray Tune grid: variants x folds, resources per trial, where Tune keeps its state."""
+
+    variants: list[str] = Field(default_factory=lambda: list(VARIANTS))
+    folds: list[int] | None = Field(None, description="null: every fold of data/splits.json")
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0, description="fractions allowed, e.g. 0.25")
+    storage_path: str = Field(
+        "ray_results", description="outside DVC outputs; shared FS or s3:// for multi-node"
+    )
+    max_failures: int = Field(2, ge=0, description="retries of a failed trial, from its last checkpoint")
+    reuse_actors: bool = True
+    log_model: bool = Field(True, description="log each fold's final model.pt to its MLflow run")
+    metrics_file: str = "results/metrics.json"
+    folds_file: str = "results/folds.csv"
+    model_dir: str = Field("results/model", description="the best variant's fold models + boneseg.json")
+    trials_dir: str = Field("results/trials", description="every trial's summary.json + history.json")
+
+    @field_validator("variants")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in VARIANTS]
+        if bad or not v:
+            raise ValueError(f"expected variants from {list(VARIANTS)}, got {v}")
+        return v
+
+
+class ReportConfig(_Strict):
+    """The `report` stage: figures, overlays and bootstrap confidence intervals."""
+
+    out_dir: str = "results/report"
+    bootstrap: int = Field(10000, ge=100, description="paired bootstrap resamples (patients as the unit)")
+    seed: int = 0
+
+
+class Config(_Strict):
+    experiment: str | None = Field(None, description="name of an override in experiments/")
+    data: DataConfig = DataConfig()
+    labels: LabelsConfig = LabelsConfig()
+    splits: SplitsConfig = SplitsConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig = SweepConfig()
+    report: ReportConfig = ReportConfig()
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return `base` updated by `override`, recursing into nested mappings."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found. Run from the repository root or pass --params.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level.")
+    return data
+
+
+def parse_set(items: list[str]) -> dict:
+    """`["train.epochs=3", "data.window=[-100,400]"]` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. data.image_size=128")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid settings"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `boneseg config` lists every key)"
+            lines.append(f"  {path}: {msg}")
+            continue
+        lines.append(f"  {path}: {msg}, got {err['input']!r}" if "got" not in msg else f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict, source: str = PARAMS_FILE) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+
+
+def load_config(
+    params: str | os.PathLike = PARAMS_FILE,
+    experiment: str | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """params.yaml, then experiments/<name>.yaml (the `experiment` key or argument), then --set."""
+    params = Path(params)
+    raw = _read_yaml(params)
+    name = experiment or raw.get("experiment")
+    source = str(params)
+    if name:
+        exp_path = (
+            Path(name)
+            if name.endswith((".yaml", ".yml"))
+            else params.parent / EXPERIMENTS_DIR / f"{name}.yaml"
+        )
+        if not exp_path.is_file():
+            raise ConfigError(f"experiment {name!r}: {exp_path} not found. Available: "
+                              f"{sorted(p.stem for p in (params.parent / EXPERIMENTS_DIR).glob('*.yaml'))}")
+        raw = deep_merge(raw, _read_yaml(exp_path))
+        raw["experiment"] = name
+        source += f" + {exp_path}"
+    if overrides:
+        raw = deep_merge(raw, parse_set(overrides))
+        source += " + --set"
+    return build_config(raw, source)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+

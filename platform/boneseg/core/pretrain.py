@@ -1,0 +1,47 @@
+"""Encoder pretraining: weights learnt on the thigh cohort, so the "pretrained"
+variants run with no internet. The same U-Net is trained on the thigh CTs' 2.5-D slices
+against their automatically derived femur masks (the study's threshold labels); the
+encoder is saved as results/pretrain/thigh_encoder.safetensors (+ pretrain.json)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from boneseg.core.config import Config
+from boneseg.core.dataset import SliceDataset
+from boneseg.core.io import atomic_path, write_json
+from boneseg.core.labelmap import n_classes
+from boneseg.core.layout import load_index
+from boneseg.core.models import build_model
+from boneseg.core.runtime import grad_scaler, place_model, prepare_runtime, seed_everything
+from boneseg.core.training import make_loader, make_optim, train_epoch
+from boneseg.errors import DataError
+
+
+def pretrain(cfg: Config, out: str | Path | None = None) -> dict:
+    index = load_index(cfg.data.slices_dir)
+    thighs = sorted(c for c, info in index["cases"].items() if info["cohort"] == "thigh")
+    if not thighs:
+        raise DataError(f"{cfg.data.slices_dir}: no thigh cases to pretrain on. Set data.synth.thigh > 0 "
+                        "or import a thigh cohort (boneseg import --cohort thigh).")
+    pc = cfg.pretrain
+    tc = cfg.train.model_copy(update={"epochs": pc.epochs, "batch_size": pc.batch_size, "lr": pc.lr})
+    device, autocast = prepare_runtime(tc)
+    seed_everything(pc.seed)
+    model = place_model(
+        build_model(n_classes("single"), "none")[0], device, tc.channels_last
+    )  # femur vs background
+    ds = SliceDataset(cfg.data.slices_dir, thighs, classes="single", targets=tc.targets)
+    opt, sched = make_optim(model, tc, len(make_loader(ds, tc, 0, pc.seed)), tc.epochs)
+    scaler = grad_scaler(autocast)
+    history = [train_epoch(model, make_loader(ds, tc, e, pc.seed), opt, sched, scaler, tc, device, autocast)
+               for e in range(tc.epochs)]
+    from safetensors.torch import save_file
+
+    out = Path(out or cfg.model.thigh_weights)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata={"source": "boneseg pretrain (thigh cohort)", "arch": "resnet34"})
+    report = {"cases": len(thighs), "slices": len(ds), "epochs": tc.epochs,
+              "train_loss": [round(h["train_loss"], 5) for h in history], "weights": str(out)}
+    write_json(out.with_name("pretrain.json"), report)
+    return report

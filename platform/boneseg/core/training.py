@@ -1,0 +1,268 @@
+"""One trial: `fit(cfg, variant, fold) -> TrialResult`, the unit the sweep multiplies.
+
+Used unchanged by `boneseg train` and by the Ray Tune trial adapter. Ray and MLflow stay
+outside: progress goes to `callbacks` (objects with optional on_start(info),
+on_epoch(epoch, metrics, checkpoint_path) and on_end(result)). The result carries its
+summary in memory; summary.json, history.json and model.pt are written for people and
+for `boneseg segment`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from boneseg.core.augment import augment, random_crop
+from boneseg.core.config import VARIANTS, Config, TrainConfig
+from boneseg.core.dataset import SliceDataset
+from boneseg.core.evaluation import validate
+from boneseg.core.io import atomic_path, write_json
+from boneseg.core.labelmap import n_classes
+from boneseg.core.layout import load_index, load_splits
+from boneseg.core.losses import segmentation_loss
+from boneseg.core.models import build_model
+from boneseg.core.runtime import (
+    amp_name,
+    grad_scaler,
+    place_model,
+    prepare_runtime,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from boneseg.errors import ConfigError, DataError
+
+
+@dataclass
+class TrialResult:
+    variant: str
+    fold: int
+    bone_dice: float  # the fold score: mean over validation patients
+    test_bone_dice: float
+    summary: dict  # what summary.json holds: scores, per-case rows, test, preprocessing
+    history: list[dict]
+    out_dir: str  # summary.json, history.json, model.pt
+    weights: dict = field(default_factory=dict)
+    resumed_from_epoch: int = 0
+
+
+# ---------------------------------------------------------------- trial set-up
+def trial_fingerprint(cfg: Config, variant: str, fold: int) -> str:
+    """What a checkpoint must match to be resumed: the trial and every setting it reads."""
+    keys = {
+        "variant": variant,
+        "fold": fold,
+        "train": cfg.train.model_dump(exclude={"out_dir", "num_workers", "device"}),
+        "model": cfg.model.model_dump(),
+        "data": {"image_size": cfg.data.image_size, "window": cfg.data.window},
+    }
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def trial_dir(cfg: Config, variant: str, fold: int) -> Path:
+    return Path(cfg.train.out_dir) / variant / f"fold{fold}"
+
+
+def fold_cases(cfg: Config, fold: int) -> tuple[list[str], list[str], list[str]]:
+    """(train, validation, test) case ids of cross-validation fold `fold`."""
+    splits = load_splits(cfg.data.splits_file)
+    if not 0 <= fold < len(splits["folds"]):
+        raise ConfigError(f"--fold {fold}: {cfg.data.splits_file} has folds 0..{len(splits['folds']) - 1}.")
+    f = splits["folds"][fold]
+    return f["train"], f["val"], splits["test"]
+
+
+def make_optim(model, tc: TrainConfig, steps_per_epoch: int, epochs: int):
+    total = epochs * steps_per_epoch
+    if total < 4:
+        raise ConfigError(
+            f"train: only {total} optimiser steps ({epochs} epochs x {steps_per_epoch} batches); "
+            "one-cycle needs at least 4. Raise the epochs (train.epochs, pretrain.epochs) "
+            "or lower the batch size."
+        )
+    # tiny runs (tests, smoke): the warm-up must span at least ~1.5 steps for OneCycleLR
+    pct = max(tc.pct_start, min(1.5 / total, 0.5))
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr / tc.div_factor, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=tc.lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct,
+        div_factor=tc.div_factor, final_div_factor=tc.final_div_factor)
+    return opt, sched
+
+
+def make_loader(ds, tc: TrainConfig, epoch: int, seed: int) -> DataLoader:
+    # a fresh generator per epoch: the shuffle order depends on (seed, epoch) only, so a
+    # resumed run sees exactly the batches an uninterrupted one would
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return DataLoader(
+        ds,
+        batch_size=tc.batch_size,
+        shuffle=True,
+        generator=g,
+        drop_last=len(ds) >= tc.batch_size,
+        num_workers=tc.num_workers,
+        persistent_workers=False,
+    )
+
+
+def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, autocast: dict) -> dict:
+    model.train()
+    total, n, t0 = 0.0, 0, time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if tc.patch_size:
+            x, y = random_crop(x, y, tc.patch_size)
+        if tc.augment:
+            x, y = augment(x, y)
+        if tc.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(**autocast):
+            logits = model(x)
+        loss = segmentation_loss(logits, y, tc.loss, tc.ce_weight)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        total += loss.detach().item() * x.shape[0]
+        n += x.shape[0]
+    secs = time.perf_counter() - t0
+    return {"train_loss": total / max(n, 1), "images_per_s": n / max(secs, 1e-9), "train_seconds": secs,
+            "lr": float(sched.get_last_lr()[0])}
+
+
+def epoch_metrics(train: dict, val: dict) -> dict:
+    m = {**train, "val_loss": val["loss"], "val_bone_dice": val["bone_dice"],
+         "val_bone_dice_pooled": val["bone_dice_pooled"]}
+    m.update({f"val_dice_{k}": v for k, v in val["dice"].items()})
+    return m
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, **state) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{path}: checkpoint of a trial with other settings. Pass --restart to start over, "
+                          "or another train.out_dir.")
+    return state
+
+
+def maybe_resume(path: Path, fingerprint: str, model, opt, sched, scaler) -> tuple[list[dict], int]:
+    """Restore every piece of training state from `path` if it exists: (history, next epoch)."""
+    state = load_checkpoint(path, fingerprint)
+    if not state:
+        return [], 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return state["history"], state["epoch"] + 1
+
+
+# ---------------------------------------------------------------- fit
+def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None, callbacks=(),
+        resume: bool = True) -> TrialResult:
+    """Train one (variant, fold) trial, evaluate it in 3-D, write summary.json; resume if possible."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant {variant!r}: expected one of {list(VARIANTS)}")
+    classes, init = VARIANTS[variant]
+    tc = cfg.train
+    out = Path(out_dir) if out_dir else trial_dir(cfg, variant, fold)
+    train_cases, val_cases, test_cases = fold_cases(cfg, fold)
+    index = load_index(cfg.data.slices_dir)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device, autocast = prepare_runtime(tc)
+    seed_everything(tc.seed + fold)
+    model, weights = build_model(
+        n_classes(classes),
+        cfg.model.encoder_weights if init == "pretrained" else "none",
+        cfg.model.thigh_weights,
+    )
+    place_model(model, device, tc.channels_last)
+    ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
+    if len(ds) == 0:
+        raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
+    steps = len(make_loader(ds, tc, 0, tc.seed))
+    opt, sched = make_optim(model, tc, steps, tc.epochs)
+    scaler = grad_scaler(autocast)
+    fingerprint = trial_fingerprint(cfg, variant, fold)
+    ckpt_path = out / "checkpoint.pt"
+    history, start = maybe_resume(ckpt_path, fingerprint, model, opt, sched, scaler) if resume else ([], 0)
+    info = {
+        "variant": variant,
+        "fold": fold,
+        "classes": classes,
+        "init": init,
+        "weights": weights,
+        "device": str(device),
+        "amp": amp_name(autocast),
+        "train_cases": train_cases,
+        "val_cases": val_cases,
+        "test_cases": test_cases,
+        "steps_per_epoch": steps,
+        "resumed_from_epoch": start,
+    }
+    for cb in callbacks:
+        getattr(cb, "on_start", lambda i: None)(info)
+    last_val = None  # (summary, rows) of the model as it stands
+    for epoch in range(start, tc.epochs):
+        tr = train_epoch(model, make_loader(ds, tc, epoch, tc.seed), opt, sched, scaler, tc, device, autocast)
+        val, rows = last_val = validate(model, val_cases, cfg.data, tc, classes, device, autocast, index)
+        metrics = {"epoch": epoch, **epoch_metrics(tr, val)}
+        history.append(metrics)
+        save_checkpoint(ckpt_path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
+                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
+                        rng=rng_state(), history=history, info=info)
+        for cb in callbacks:
+            getattr(cb, "on_epoch", lambda *a: None)(epoch, metrics, ckpt_path)
+    result = finish(model, cfg, out, history, info, device, autocast, index, last_val)
+    for cb in callbacks:
+        getattr(cb, "on_end", lambda r: None)(result)
+    return result
+
+
+def finish(model, cfg: Config, out: Path, history: list, info: dict, device, autocast: dict, index: dict,
+           last_val=None) -> TrialResult:
+    """Final 3-D evaluation of validation and test patients -> summary.json + model.pt.
+    `last_val` is the last epoch's validation of this same model (None after a resume
+    that had no epoch left to train)."""
+    classes = info["classes"]
+    val, val_rows = last_val or validate(
+        model, info["val_cases"], cfg.data, cfg.train, classes, device, autocast, index
+    )
+    test, test_rows = (
+        validate(model, info["test_cases"], cfg.data, cfg.train, classes, device, autocast, index)
+        if info["test_cases"]
+        else ({"bone_dice": float("nan")}, [])
+    )
+    pre = {"image_size": index["image_size"], "window": index["window"]}
+    summary = {
+        "variant": info["variant"],
+        "fold": info["fold"],
+        "classes": classes,
+        "init": info["init"],
+        "weights": info["weights"],
+        "bone_dice": val["bone_dice"],
+        "mean": val,
+        "metric_per_case": val_rows,
+        "test": {"bone_dice": test["bone_dice"], "mean": test, "metric_per_case": test_rows},
+        "preprocessing": pre,
+    }
+    write_json(out / "summary.json", summary)
+    write_json(out / "history.json", history)
+    save_checkpoint(out / "model.pt", model=model.state_dict(), classes=classes, variant=info["variant"],
+                    fold=info["fold"], preprocessing=pre, weights=info["weights"])
+    return TrialResult(info["variant"], info["fold"], val["bone_dice"], test["bone_dice"], summary, history,
+                       str(out), info["weights"], info["resumed_from_epoch"])

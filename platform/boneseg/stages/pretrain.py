@@ -1,0 +1,21 @@
+"""`boneseg pretrain`: encoder weights learnt on the thigh cohort (offline "pretrained" variants)."""
+from __future__ import annotations
+
+import argparse
+
+from boneseg.core.config import Config
+from boneseg.core.pretrain import pretrain
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pretrain the encoder on the thigh cohort (offline 'pretrained' cases)"
+    )
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    r = pretrain(cfg)
+    print(f"pretrain: {r['cases']} thigh cases, {r['slices']} slices, {r['epochs']} epochs, "
+          f"loss {r['train_loss'][0]:.4f} -> {r['train_loss'][-1]:.4f}; encoder -> {r['weights']}")
+    return 0

@@ -1,0 +1,29 @@
+"""`boneseg report`: the study's figures with bootstrap CIs (results/report), also logged to
+the sweep's MLflow parent run."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from boneseg.core.config import Config
+from boneseg.core.report import build_report, fmt
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="study-style figures, overlays and bootstrap CIs (results/report)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.tracking.sweep_runs import log_report
+
+    rep = build_report(cfg)
+    run_id = rep["sweep"].get("sweep_run_id")
+    logged = log_report(cfg, run_id, Path(cfg.report.out_dir))
+    print(f"report: {cfg.report.out_dir}/index.html ({len(rep['figures'])} figures)"
+          + (f"; logged to MLflow run {logged}" if logged else
+             f"; the sweep run {run_id} is not in this tracking store, so it is not logged to MLflow"))
+    for d in rep["statistics"]["differences"]:
+        print(f"  {d['a']} - {d['b']}: {fmt(d['mean_diff'])} [{fmt(d['ci95'][0])}, {fmt(d['ci95'][1])}]  "
+              f"({d['n_cases']} cases)")
+    return 0

@@ -1,0 +1,20 @@
+"""`boneseg splits`: patient-level k folds + held-out test cases (data/splits.json)."""
+from __future__ import annotations
+
+import argparse
+
+from boneseg.core.config import Config
+from boneseg.core.splits import write_splits
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("splits", help="patient-level k folds + held-out test cases (data/splits.json)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    s = write_splits(cfg)
+    for i, f in enumerate(s["folds"]):
+        print(f"fold {i}: {len(f['train'])} train, {len(f['val'])} val: {' '.join(f['val'])}")
+    print(f"test: {' '.join(s['test'])}")
+    return 0

@@ -1,0 +1,254 @@
+"""The sweep's driver: the variants x folds grid on Ray Tune, pre-flight checks, run or
+resume, then the results (`sweep.results`) back into DVC and MLflow.
+
+A trial that fails is retried from its last checkpoint (FailureConfig); a killed driver
+is resumed by running the same command (the grid's fingerprint finds its experiment).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from boneseg.core.config import ENCODER_WEIGHT_NAMES, VARIANTS, Config
+from boneseg.core.io import write_json
+from boneseg.core.layout import load_index, load_splits
+from boneseg.errors import BonesegError, ConfigError
+from boneseg.sweep.results import TrialOutcome, collect, export, write_results
+from boneseg.sweep.tracker import Tracker, log
+
+# read by Ray when the driver starts it: Tune warns on every checkpoint of short trials
+# (one per epoch is what we want), and only the legacy reporter honours verbose=0 (no
+# boxed tables; the Tracker prints one line per event)
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+STATE_FILE = "boneseg_sweep.json"
+
+
+def absolute_config(cfg: Config) -> Config:
+    """Paths made absolute, so trials read the same files whatever their working directory."""
+    d = cfg.model_dump()
+    for k in ("raw_dir", "labels_dir", "corrections_dir", "splits_file", "slices_dir"):
+        d["data"][k] = str(Path(d["data"][k]).resolve())
+    d["model"]["thigh_weights"] = str(Path(d["model"]["thigh_weights"]).resolve())
+    w = d["model"]["encoder_weights"]
+    if w not in ENCODER_WEIGHT_NAMES:
+        d["model"]["encoder_weights"] = str(Path(w).resolve())
+    return Config.model_validate(d)
+
+
+def grid(cfg: Config) -> tuple[list[str], list[int]]:
+    n = len(load_splits(cfg.data.splits_file)["folds"])
+    folds = cfg.sweep.folds if cfg.sweep.folds is not None else list(range(n))
+    bad = [f for f in folds if not 0 <= f < n]
+    if bad:
+        raise ConfigError(f"sweep.folds: {bad} not in {cfg.data.splits_file} (folds 0..{n - 1}).")
+    return list(cfg.sweep.variants), list(folds)
+
+
+def preflight(cfg: Config, variants: list[str]) -> list[str]:
+    """Everything that would make all trials fail, as one line each (before any trial starts)."""
+    from boneseg.core.models import build_model
+    from boneseg.tracking.runs import unreachable
+
+    problems = []
+    try:
+        index = load_index(cfg.data.slices_dir)
+        if index["image_size"] != cfg.data.image_size:
+            problems.append(f"data: slices are {index['image_size']}px but data.image_size is "
+                            f"{cfg.data.image_size}; run `dvc repro slices`.")
+    except BonesegError as exc:
+        problems.append(f"data: {exc}")
+    if any(VARIANTS[v][1] == "pretrained" for v in variants):
+        try:
+            build_model(2, cfg.model.encoder_weights, cfg.model.thigh_weights)
+        except BonesegError as exc:
+            problems.append(f"encoder weights: {exc}")
+    why = unreachable(cfg)
+    if why:
+        problems.append(f"MLflow: {why}")
+    return problems
+
+
+def check_resources(cfg: Config) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    need = {"CPU": cfg.sweep.cpus_per_trial, "GPU": cfg.sweep.gpus_per_trial}
+    for k, v in need.items():
+        if v and have.get(k, 0) < v:
+            raise ConfigError(f"sweep: each trial asks for {v} {k} but the Ray cluster has {have.get(k, 0)}. "
+                              f"Lower sweep.{'cpus' if k == 'CPU' else 'gpus'}_per_trial or add nodes.")
+
+
+def grid_fingerprint(cfg: Config, variants, folds) -> str:
+    """What a resumable experiment must match: every setting the trials read, and the grid."""
+    keep = cfg.model_dump(exclude={"sweep": {"storage_path", "log_model", "model_dir", "trials_dir"},
+                                   "tracking": True, "report": True})
+    return hashlib.sha256(
+        json.dumps([keep, variants, folds], sort_keys=True, default=str).encode()
+    ).hexdigest()[:12]
+
+
+def find_unfinished(storage: Path, fingerprint: str) -> Path | None:
+    if not storage.is_dir():
+        return None
+    for state in sorted(storage.glob(f"*/{STATE_FILE}"), reverse=True):
+        s = json.loads(state.read_text())
+        if s.get("fingerprint") == fingerprint and s.get("status") != "finished":
+            return state.parent
+    return None
+
+
+def auth_env_for(address: str | None) -> None:
+    """Ray 2.59+ protects clusters with a token. A local ray.init() makes and uses one by
+    itself; to join a `ray start` cluster the driver needs RAY_AUTH_MODE=token and the
+    cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)."""
+    if not address or "RAY_AUTH_MODE" in os.environ:
+        return
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+        Path("~/.ray/auth_token").expanduser().is_file()
+    if has_token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def connect(address: str | None) -> None:
+    import ray
+
+    auth_env_for(address)
+    # keep the driver's output readable: Ray's own logs go to its session folder
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True,
+             logging_level="WARNING")
+
+
+def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> dict:
+    """Run (or resume) the grid; returns {variant: scores}. mode: auto | resume | restart."""
+    import ray
+
+    cfg = absolute_config(cfg)
+    variants, folds = grid(cfg)
+    problems = preflight(cfg, variants)
+    if problems:
+        raise ConfigError("pre-flight checks failed, no trial was started:\n  " + "\n  ".join(problems))
+    storage = Path(cfg.sweep.storage_path).resolve()
+    fingerprint = grid_fingerprint(cfg, variants, folds)
+    exp_dir = None if mode == "restart" else find_unfinished(storage, fingerprint)
+    if mode == "resume" and exp_dir is None:
+        raise ConfigError(f"--resume: no unfinished sweep with these settings under {storage}.")
+    threads = max(1, int(cfg.sweep.cpus_per_trial))
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
+    connect(address or os.environ.get("RAY_ADDRESS"))
+    try:
+        check_resources(cfg)
+        return _run(cfg, variants, folds, storage, fingerprint, exp_dir)
+    finally:
+        ray.shutdown()
+
+
+def _tuner(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir: Path | None):
+    """(Tuner, SweepRuns, experiment folder): a restored experiment, or a new one."""
+    from ray import tune
+
+    from boneseg.tracking.sweep_runs import SweepRuns
+
+    trainable = tune.with_resources(
+        _trainable(), {"cpu": cfg.sweep.cpus_per_trial, "gpu": cfg.sweep.gpus_per_trial}
+    )
+    space = {"cfg": cfg.model_dump(mode="json"), "variant": tune.grid_search(variants),
+             "fold": tune.grid_search(folds)}
+    if exp_dir is not None and tune.Tuner.can_restore(str(exp_dir)):
+        state = json.loads((exp_dir / STATE_FILE).read_text())
+        runs = SweepRuns(cfg, exp_dir.name, state["parent_run_id"])
+        log(f"resuming {exp_dir.name}: finished trials are kept, unfinished ones continue from checkpoints")
+        return (
+            tune.Tuner.restore(str(exp_dir), trainable, resume_errored=True, param_space=space),
+            runs,
+            exp_dir,
+        )
+    name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:6]}"
+    exp_dir = storage / name
+    runs = SweepRuns(cfg, name, tags={"ray_storage_path": str(exp_dir), "fingerprint": fingerprint})
+    _write_state(exp_dir, fingerprint, runs.parent, "running")
+    runs.log_data_input(cfg.data.slices_dir, _slices_digest())
+    log(f"{name}: {len(variants)} variants x {len(folds)} folds = {len(variants) * len(folds)} trials, "
+        f"{cfg.sweep.cpus_per_trial} CPU / {cfg.sweep.gpus_per_trial} GPU each; MLflow parent {runs.parent}")
+    tuner = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=cfg.sweep.reuse_actors),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), verbose=0,
+            callbacks=[Tracker(cfg.model_dump(mode="json"), name, runs.parent)],
+            failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    return tuner, runs, exp_dir
+
+
+def _trainable():
+    from boneseg.sweep.trial import trainable
+
+    return trainable
+
+
+def _run(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir: Path | None) -> dict:
+    tuner, runs, exp_dir = _tuner(cfg, variants, folds, storage, fingerprint, exp_dir)
+    try:
+        grid_result = tuner.fit()
+    except BaseException:  # Ctrl-C, a lost cluster: the parent ends FAILED (the same command resumes it)
+        runs.close({}, None, ok=False)
+        raise
+    outcomes = outcomes_of(grid_result)
+    table, rows, failed = collect(outcomes, variants, folds)
+    for variant, scores in table.items():
+        runs.close_variant(variant, scores)
+    registered = None
+    if table and not failed:
+        register = (lambda d, m: runs.register(cfg.tracking.registered_model, d, m)) \
+            if cfg.tracking.registered_model else None
+        registered = export(cfg, outcomes, table, {"name": exp_dir.name, "run_id": runs.parent}, register)
+    best = _best(table)
+    runs.close(table, best, ok=not failed)
+    write_results(cfg, table, rows)
+    if registered:
+        log(f"best variant {best}: fold models in {cfg.sweep.model_dir}"
+            + (f", registered as {registered}" if registered != "-" else ""))
+    _write_state(exp_dir, fingerprint, runs.parent, "finished" if not failed else "failed")
+    if failed:
+        raise BonesegError(f"{len(failed)} trial(s) failed after {cfg.sweep.max_failures} retries: "
+                           f"{', '.join(failed)}. Fix the cause and run the same command again to resume.")
+    return table
+
+
+def _best(table: dict) -> str | None:
+    from boneseg.core.metrics import best_variant
+
+    return best_variant(table) if table else None
+
+
+def outcomes_of(grid_result) -> list[TrialOutcome]:
+    """Tune's results -> one TrialOutcome per trial (the final summary decoded once)."""
+    out = []
+    for r in grid_result:
+        m = r.metrics or {}
+        variant, fold = r.config["variant"], int(r.config["fold"])
+        if r.error or not m.get("final"):
+            out.append(TrialOutcome(variant, fold, None))
+            continue
+        ckpt = r.checkpoint
+        local = Path(ckpt.path) if ckpt is not None and os.path.isdir(ckpt.path) else \
+            Path(ckpt.to_directory()) if ckpt is not None else None
+        out.append(TrialOutcome(variant, fold, json.loads(m["summary"]), local))
+    return out
+
+
+def _write_state(exp_dir: Path, fingerprint: str, parent: str, status: str) -> None:
+    write_json(exp_dir / STATE_FILE, {"fingerprint": fingerprint, "parent_run_id": parent, "status": status},
+               indent=None)
+
+
+def _slices_digest() -> str:
+    from boneseg.tracking.runs import dvc_hashes
+
+    return dvc_hashes().get("dvc.slices", "")

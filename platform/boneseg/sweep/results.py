@@ -1,0 +1,104 @@
+"""A sweep's finished trials -> the science it hands back to DVC (no Ray, no MLflow):
+results/metrics.json (each variant's scores, the best variant), results/folds.csv (one
+row per validation case), results/trials (every trial's summary + history, read by
+`report`) and results/model (the best variant's fold models, `segment --model`).
+
+Scores come from `core.metrics.variant_scores` over the trials' own summaries, never
+from the tracking store, so a tracking outage cannot change them.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from boneseg.core.config import Config
+from boneseg.core.io import atomic_dir, atomic_write_text, write_json
+from boneseg.core.labelmap import LABEL_IDS
+from boneseg.core.metrics import best_variant, variant_scores
+
+MODEL_MANIFEST = "boneseg.json"
+FOLDS_COLUMNS = ["variant", "fold", "case", "bone_dice"]
+
+
+@dataclass
+class TrialOutcome:
+    """One trial as the driver found it at the end of the sweep."""
+
+    variant: str
+    fold: int
+    summary: dict | None  # None: the trial did not finish
+    model_dir: Path | None = None  # a local folder with model.pt + history.json
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+
+def collect(outcomes: list[TrialOutcome], variants: list[str], folds: list[int]) -> tuple[dict, list, list]:
+    """-> (scores per variant whose every fold finished, per-case rows, failed trial names)."""
+    failed = sorted(f"{o.variant}/fold{o.fold}" for o in outcomes if not o.finished)
+    done = {(o.variant, o.fold): o.summary for o in outcomes if o.finished}
+    table = {}
+    for v in variants:
+        summaries = [done[v, f] for f in folds if (v, f) in done]
+        if len(summaries) == len(folds):
+            table[v] = variant_scores(summaries)
+    rows = [{"variant": v, "fold": f, "case": c["case"], "bone_dice": c["bone_dice"]}
+            for (v, f), s in done.items() for c in s["metric_per_case"]]
+    return table, sorted(rows, key=lambda x: (x["variant"], x["fold"], x["case"])), failed
+
+
+def write_results(cfg: Config, table: dict, rows: list) -> None:
+    metrics = {v: {k: round(x, 6) for k, x in s.items()} for v, s in table.items()}
+    if table:
+        metrics["best_variant"] = best_variant(table)
+    write_json(cfg.sweep.metrics_file, metrics)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, FOLDS_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(cfg.sweep.folds_file, buf.getvalue())
+
+
+def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, sweep: dict,
+           register: Callable[[Path, dict], str] | None = None) -> str:
+    """Every trial's summary + history into results/trials, the best variant's fold
+    models + manifest into results/model, both atomically. `sweep`: {"name", "run_id"};
+    `register(model_dir, manifest) -> uri` registers the models (None: not). Returns the
+    registered model URI ("-" when not registered)."""
+    best = best_variant(table)
+    manifest = {"variant": best, "folds": [], "label_ids": {str(k): v for k, v in LABEL_IDS.items()},
+                "scores": table[best], "sweep": sweep["name"], "sweep_run_id": sweep["run_id"]}
+    with atomic_dir(cfg.sweep.trials_dir) as trials, atomic_dir(cfg.sweep.model_dir) as models:
+        for o in sorted((o for o in outcomes if o.finished), key=lambda o: (o.variant, o.fold)):
+            t = trials / o.variant / f"fold{o.fold}"
+            t.mkdir(parents=True)
+            (t / "summary.json").write_text(json.dumps(o.summary, indent=1, default=float) + "\n")
+            if o.model_dir and (o.model_dir / "history.json").is_file():
+                shutil.copy2(o.model_dir / "history.json", t / "history.json")
+            if o.variant == best and o.model_dir:
+                shutil.copy2(o.model_dir / "model.pt", models / f"fold{o.fold}.pt")
+                manifest["folds"].append(o.fold)
+                manifest.update(classes=o.summary["classes"], preprocessing=o.summary["preprocessing"])
+        # written once, before registration, so the registered version carries it too; the
+        # version's URI is recorded in results/trials/index.json
+        (models / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        uri = register(models, manifest) if register is not None else "-"
+        (trials / "index.json").write_text(
+            json.dumps(
+                {
+                    "sweep": sweep["name"],
+                    "sweep_run_id": sweep["run_id"],
+                    "best_variant": best,
+                    "registered_model": uri,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+    return uri

@@ -1,0 +1,107 @@
+"""The trial adapter: a Ray Tune function trainable around the same `fit()` that
+`boneseg train` runs, and a reporter that sends every epoch to Tune with a full-state
+checkpoint. Trials only `tune.report`; the driver writes MLflow.
+
+Scratch files (the training checkpoint, the reported folders) live in a temporary folder
+of the worker, never inside the trial folder that Tune syncs: Tune copies each reported
+checkpoint into its storage before `tune.report` returns, so the scratch copy can go.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from boneseg.core.config import Config
+from boneseg.sweep.faults import Injector
+
+FINAL = "final.json"  # in the last checkpoint: the trial's final result, reported again on restore
+
+
+class TuneReporter:
+    """fit() callback: every epoch's metrics + full-state checkpoint go to `tune.report`."""
+
+    def __init__(self, scratch: Path, variant: str, fold: int):
+        import ray
+
+        self.scratch, self.variant, self.fold = scratch, variant, fold
+        self.node = ray.get_runtime_context().get_node_id()
+        self.fault = Injector.from_env(variant, fold)
+        self.meta: dict = {}
+
+    def on_start(self, info):
+        self.meta = {"weights_source": info["weights"].get("source", "none"), "device": info["device"],
+                     "amp": info["amp"]}
+
+    def on_epoch(self, epoch, metrics, ckpt_path):
+        from ray import tune
+
+        d = self.scratch / f"report_{epoch}"
+        d.mkdir(parents=True, exist_ok=True)
+        try:  # a hard link, not a copy: Tune copies it into storage anyway
+            os.link(ckpt_path, d / "checkpoint.pt")
+        except OSError:
+            shutil.copy2(ckpt_path, d / "checkpoint.pt")
+        tune.report(
+            {**metrics, **self.meta, "variant": self.variant, "fold": self.fold, "node_id": self.node},
+            checkpoint=tune.Checkpoint.from_directory(str(d)),
+        )
+        shutil.rmtree(d, ignore_errors=True)
+        if self.fault:
+            self.fault.after_epoch(epoch)
+
+
+def _restore(scratch: Path) -> dict | None:
+    """Tune's last checkpoint of this trial: a finished trial's final result (returned), or
+    the training state (copied to scratch for fit() to resume from)."""
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        if (Path(d) / FINAL).is_file():
+            return {"final": json.loads((Path(d) / FINAL).read_text()), "checkpoint": ckpt}
+        if (Path(d) / "checkpoint.pt").is_file():
+            shutil.copy2(Path(d) / "checkpoint.pt", scratch / "checkpoint.pt")
+    return None
+
+
+def trainable(config: dict) -> None:
+    """Ray Tune function trainable: restore, run fit(), report the final result."""
+    import ray
+    from ray import tune
+
+    from boneseg.core.training import fit
+
+    cfg = Config.model_validate(config["cfg"])
+    variant, fold = config["variant"], config["fold"]
+    scratch = Path(tempfile.mkdtemp(prefix=f"boneseg-{variant}-fold{fold}-"))
+    try:
+        done = _restore(scratch)
+        if done:  # finished before the driver died: report the same result again, train nothing
+            tune.report(done["final"], checkpoint=done["checkpoint"])
+            return
+        r = fit(
+            cfg, variant, fold, out_dir=scratch, callbacks=[TuneReporter(scratch, variant, fold)], resume=True
+        )
+        final_dir = scratch / "final"
+        final_dir.mkdir()
+        os.replace(scratch / "model.pt", final_dir / "model.pt")
+        shutil.copy2(scratch / "history.json", final_dir / "history.json")
+        final = {
+            "final": True,
+            "variant": variant,
+            "fold": fold,
+            "bone_dice": r.bone_dice,
+            "test_bone_dice": r.test_bone_dice,
+            "summary": json.dumps(r.summary, default=float),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "resumed_from_epoch": r.resumed_from_epoch,
+        }
+        (final_dir / FINAL).write_text(json.dumps(final))
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(final_dir)))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

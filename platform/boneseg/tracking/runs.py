@@ -1,0 +1,164 @@
+"""MLflow at the edge: one run per `boneseg train` trial (`MlflowTrial`, a fit()
+callback), and the run tree of a sweep (`SweepRuns`): parent -> one run per variant ->
+one run per (variant, fold). Metric names are listed in docs/sweep.md.
+
+The tracking URI is MLFLOW_TRACKING_URI if set, else `tracking.uri` (default
+sqlite:///mlflow.db). Runs always end FINISHED or FAILED, never left RUNNING. MLflow
+only records: every score it holds was computed before (`core.metrics`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from boneseg.core.config import Config
+
+# the per-epoch metric names; anything else in a result is not logged per epoch
+EPOCH_METRIC_PREFIXES = ("train_loss", "train_seconds", "val_", "lr", "images_per_s")
+FOLD_METRICS = ("bone_dice", "test_bone_dice", "bone_dice_pooled", "bone_tp", "bone_fp", "bone_fn")
+VARIANT_METRICS = ("bone_dice_mean", "bone_dice_std", "bone_dice_pooled", "test_bone_dice")
+
+
+def tracking_uri(cfg: Config) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+
+
+def client_for(cfg: Config):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri(cfg))
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def unreachable(cfg: Config) -> str | None:
+    """None if the tracking store answers, else one line saying why and what to fix;
+    fails in seconds, not after MLflow's minutes of HTTP retries."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    try:
+        mlflow.MlflowClient(tracking_uri(cfg)).search_experiments(max_results=1)
+        return None
+    except Exception as exc:  # any failure to reach the store
+        return (f"{tracking_uri(cfg)} not reachable ({type(exc).__name__}: {str(exc)[:200]}). "
+                "Start the server or fix MLFLOW_TRACKING_URI / tracking.uri.")
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def git_tags() -> dict[str, str]:
+    """The code version a run used: commit and whether the checkout had uncommitted changes."""
+    def git(*args):
+        r = subprocess.run(["git", *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit or "unknown", "git_dirty": str(dirty).lower()}
+
+
+def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """md5 of the data each sweep used (labels, splits, slices), read from dvc.lock."""
+    import yaml
+
+    p = Path(lock_path)
+    if not p.is_file():
+        return {}
+    stages = (yaml.safe_load(p.read_text()) or {}).get("stages", {})
+    return {f"dvc.{stage}": o.get("md5", "") for stage in ("labels", "splits", "slices")
+            for o in stages.get(stage, {}).get("outs", [])}
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def trial_params(cfg: Config) -> dict[str, str]:
+    return flatten({"train": cfg.train.model_dump(), "model": cfg.model.model_dump(),
+                    "data": {"image_size": cfg.data.image_size, "window": list(cfg.data.window)},
+                    "experiment": cfg.experiment or "quick"})
+
+
+def log_trial_start(client, run_id: str, cfg: Config, info: dict) -> None:
+    """Params and the tags that slice the grid in the MLflow UI: variant, classes, init, fold."""
+    from mlflow.entities import Param
+
+    w = info["weights"]
+    init = "random" if info["init"] == "random" else f"pretrained:{w.get('source')}"
+    fields = {"variant": info["variant"], "classes": info["classes"], "init": init, "fold": str(info["fold"]),
+              "weights_source": w.get("source", "none"), "device": info["device"], "amp": info["amp"]}
+    params = {**trial_params(cfg), **fields}
+    existing = client.get_run(run_id).data.params  # a resumed trial: params are already there
+    new = [Param(k, v[:6000]) for k, v in params.items() if k not in existing]
+    if new:
+        client.log_batch(run_id, params=new)
+    for k, v in fields.items():
+        client.set_tag(run_id, k, v)
+
+
+def log_epoch(client, run_id: str, epoch: int, metrics: dict) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
+          if k.startswith(EPOCH_METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)
+          and not math.isnan(float(v))]
+    client.log_batch(run_id, metrics=ms)
+
+
+def log_finite(client, run_id: str, values: dict) -> None:
+    """Log the numbers that are not NaN (MLflow cannot chart NaN)."""
+    for k, v in values.items():
+        if v is not None and v == v:
+            client.log_metric(run_id, k, float(v))
+
+
+class MlflowTrial:
+    """fit() callback: params + tags at start, metrics per epoch, summary at the end."""
+
+    def __init__(
+        self, cfg: Config, run_name: str, tags: dict | None = None, parent_run_id: str | None = None
+    ):
+        self.client = client_for(cfg)
+        exp_id = experiment_id(self.client, cfg.tracking.experiment)
+        all_tags = {"mlflow.runName": run_name, **git_tags(), **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        self.run_id = self.client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
+        self.cfg = cfg
+
+    def on_start(self, info: dict) -> None:
+        log_trial_start(self.client, self.run_id, self.cfg, info)
+
+    def on_epoch(self, epoch: int, metrics: dict, checkpoint_path=None) -> None:
+        log_epoch(self.client, self.run_id, epoch, metrics)
+
+    def on_end(self, result) -> None:
+        log_finite(
+            self.client, self.run_id, {"bone_dice": result.bone_dice, "test_bone_dice": result.test_bone_dice}
+        )
+        out = Path(result.out_dir)
+        for name in ("summary.json", "history.json"):
+            self.client.log_artifact(self.run_id, str(out / name))
+        if (out / "model.pt").is_file():  # `boneseg segment --model <this run id>`
+            self.client.log_artifact(self.run_id, str(out / "model.pt"), "model")
+
+    def close(self, ok: bool) -> None:
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
