@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from boneseg import __version__
 from boneseg.errors import BonesegError
@@ -48,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.params_cmd or args.params, args.experiment_cmd or args.experiment,
                           args.overrides + args.overrides_cmd)
-        return int(args.func(args, cfg) or 0)
+        t0 = time.perf_counter()
+        rc = int(args.func(args, cfg) or 0)
+        # one line per command on stderr: the main command's time budget reads these (bench/main_budget.py)
+        print(f"boneseg {args.command}: finished in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return rc
     except BonesegError as exc:
         print(f"boneseg {args.command}: error: {exc}", file=sys.stderr)
         return 2

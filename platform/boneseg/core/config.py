@@ -146,6 +146,12 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     eval_batch_size: int = Field(32, ge=1)
+    val_every: int = Field(
+        1,
+        ge=1,
+        description="3-D validation after every k-th epoch and after the last one; "
+        "the final validation and the test are always full",
+    )
     out_dir: str = "results/train"
 
     @field_validator("patch_size")

@@ -135,9 +135,17 @@ def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, auto
             "lr": float(sched.get_last_lr()[0])}
 
 
-def epoch_metrics(train: dict, val: dict) -> dict:
-    m = {**train, "val_loss": val["loss"], "val_bone_dice": val["bone_dice"],
-         "val_bone_dice_pooled": val["bone_dice_pooled"]}
+def validates(epoch: int, tc: TrainConfig) -> bool:
+    """Validation after every `train.val_every`-th epoch and always after the last one."""
+    return (epoch + 1) % tc.val_every == 0 or epoch == tc.epochs - 1
+
+
+def epoch_metrics(val: dict) -> dict:
+    m = {
+        "val_loss": val["loss"],
+        "val_bone_dice": val["bone_dice"],
+        "val_bone_dice_pooled": val["bone_dice_pooled"],
+    }
     m.update({f"val_dice_{k}": v for k, v in val["dice"].items()})
     return m
 
@@ -175,6 +183,7 @@ def maybe_resume(path: Path, fingerprint: str, model, opt, sched, scaler) -> tup
 def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None, callbacks=(),
         resume: bool = True) -> TrialResult:
     """Train one (variant, fold) trial, evaluate it in 3-D, write summary.json; resume if possible."""
+    t_start = time.perf_counter()
     if variant not in VARIANTS:
         raise ConfigError(f"variant {variant!r}: expected one of {list(VARIANTS)}")
     classes, init = VARIANTS[variant]
@@ -216,11 +225,15 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
     }
     for cb in callbacks:
         getattr(cb, "on_start", lambda i: None)(info)
-    last_val = None  # (summary, rows) of the model as it stands
+    info["setup_seconds"] = time.perf_counter() - t_start
+    last_val = None  # (summary, rows) of the model as it stands, if validated after its last epoch
     for epoch in range(start, tc.epochs):
         tr = train_epoch(model, make_loader(ds, tc, epoch, tc.seed), opt, sched, scaler, tc, device, autocast)
-        val, rows = last_val = validate(model, val_cases, cfg.data, tc, classes, device, autocast, index)
-        metrics = {"epoch": epoch, **epoch_metrics(tr, val)}
+        metrics, last_val = {"epoch": epoch, **tr}, None
+        if validates(epoch, tc):
+            t = time.perf_counter()
+            val, rows = last_val = validate(model, val_cases, cfg.data, tc, classes, device, autocast, index)
+            metrics.update(epoch_metrics(val), val_seconds=time.perf_counter() - t)
         history.append(metrics)
         save_checkpoint(ckpt_path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
                         optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
@@ -239,14 +252,20 @@ def finish(model, cfg: Config, out: Path, history: list, info: dict, device, aut
     `last_val` is the last epoch's validation of this same model (None after a resume
     that had no epoch left to train)."""
     classes = info["classes"]
+    t0 = time.perf_counter()
     val, val_rows = last_val or validate(
         model, info["val_cases"], cfg.data, cfg.train, classes, device, autocast, index
     )
+    t1 = time.perf_counter()
     test, test_rows = (
         validate(model, info["test_cases"], cfg.data, cfg.train, classes, device, autocast, index)
         if info["test_cases"]
         else ({"bone_dice": float("nan")}, [])
     )
+    timing = {"setup_s": info.get("setup_seconds", 0.0),
+              "train_s": sum(h.get("train_seconds", 0.0) for h in history),
+              "epoch_val_s": sum(h.get("val_seconds", 0.0) for h in history),
+              "final_val_s": t1 - t0, "test_s": time.perf_counter() - t1}
     pre = {"image_size": index["image_size"], "window": index["window"]}
     summary = {
         "variant": info["variant"],
@@ -259,6 +278,7 @@ def finish(model, cfg: Config, out: Path, history: list, info: dict, device, aut
         "metric_per_case": val_rows,
         "test": {"bone_dice": test["bone_dice"], "mean": test, "metric_per_case": test_rows},
         "preprocessing": pre,
+        "timing": timing,  # seconds; the sweep adds its reporting time (docs/benchmarks.md)
     }
     write_json(out / "summary.json", summary)
     write_json(out / "history.json", history)

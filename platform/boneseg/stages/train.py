@@ -35,8 +35,15 @@ class _Printer:
         )
 
     def on_epoch(self, epoch, m, _ckpt):
-        print(f"  epoch {epoch}: train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-              f"val_bone_dice {m['val_bone_dice']:.4f}  ({m['images_per_s']:.1f} img/s)", flush=True)
+        val = (
+            f"val_loss {m['val_loss']:.4f}  val_bone_dice {m['val_bone_dice']:.4f}  "
+            if "val_loss" in m
+            else ""
+        )
+        print(
+            f"  epoch {epoch}: train_loss {m['train_loss']:.4f}  {val}({m['images_per_s']:.1f} img/s)",
+            flush=True,
+        )
 
 
 def add_parser(sub) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -180,10 +181,22 @@ def _tuner(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_di
         tune_config=tune.TuneConfig(reuse_actors=cfg.sweep.reuse_actors),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), verbose=0,
-            callbacks=[Tracker(cfg.model_dump(mode="json"), name, runs.parent)],
+            callbacks=[Tracker(cfg.model_dump(mode="json"), name, runs.parent,
+                               [(v, f) for v in variants for f in folds], _slots(cfg))],
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     return tuner, runs, exp_dir
+
+
+def _slots(cfg: Config) -> int:
+    """How many trials the cluster runs at once: its CPUs (and GPUs) over one trial's share."""
+    import ray
+
+    have = ray.cluster_resources()
+    n = int(have.get("CPU", 1) // cfg.sweep.cpus_per_trial)
+    if cfg.sweep.gpus_per_trial:
+        n = min(n, int(have.get("GPU", 0) // cfg.sweep.gpus_per_trial))
+    return max(n, 1)
 
 
 def _trainable():
@@ -199,6 +212,7 @@ def _run(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir:
     except BaseException:  # Ctrl-C, a lost cluster: the parent ends FAILED (the same command resumes it)
         runs.close({}, None, ok=False)
         raise
+    t_end = time.perf_counter()
     outcomes = outcomes_of(grid_result)
     table, rows, failed = collect(outcomes, variants, folds)
     for variant, scores in table.items():
@@ -215,6 +229,8 @@ def _run(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir:
         log(f"best variant {best}: fold models in {cfg.sweep.model_dir}"
             + (f", registered as {registered}" if registered != "-" else ""))
     _write_state(exp_dir, fingerprint, runs.parent, "finished" if not failed else "failed")
+    print(f"boneseg sweep: trials finished; results and MLflow closed in {time.perf_counter() - t_end:.1f} s",
+          file=sys.stderr)
     if failed:
         raise BonesegError(f"{len(failed)} trial(s) failed after {cfg.sweep.max_failures} retries: "
                            f"{', '.join(failed)}. Fix the cause and run the same command again to resume.")

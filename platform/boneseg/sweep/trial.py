@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from boneseg.core.config import Config
@@ -21,7 +22,9 @@ FINAL = "final.json"  # in the last checkpoint: the trial's final result, report
 
 
 class TuneReporter:
-    """fit() callback: every epoch's metrics + full-state checkpoint go to `tune.report`."""
+    """fit() callback: every epoch's metrics go to `tune.report`, with the full-state
+    checkpoint after each validated epoch (`train.val_every`): a retried trial resumes from
+    there and re-trains the epochs after it bit for bit (the RNG state is in the checkpoint)."""
 
     def __init__(self, scratch: Path, variant: str, fold: int):
         import ray
@@ -30,6 +33,7 @@ class TuneReporter:
         self.node = ray.get_runtime_context().get_node_id()
         self.fault = Injector.from_env(variant, fold)
         self.meta: dict = {}
+        self.report_seconds = 0.0  # in tune.report: Tune copies each checkpoint into its storage
 
     def on_start(self, info):
         self.meta = {"weights_source": info["weights"].get("source", "none"), "device": info["device"],
@@ -38,17 +42,20 @@ class TuneReporter:
     def on_epoch(self, epoch, metrics, ckpt_path):
         from ray import tune
 
-        d = self.scratch / f"report_{epoch}"
-        d.mkdir(parents=True, exist_ok=True)
-        try:  # a hard link, not a copy: Tune copies it into storage anyway
-            os.link(ckpt_path, d / "checkpoint.pt")
-        except OSError:
-            shutil.copy2(ckpt_path, d / "checkpoint.pt")
-        tune.report(
-            {**metrics, **self.meta, "variant": self.variant, "fold": self.fold, "node_id": self.node},
-            checkpoint=tune.Checkpoint.from_directory(str(d)),
-        )
-        shutil.rmtree(d, ignore_errors=True)
+        t0 = time.perf_counter()
+        result = {**metrics, **self.meta, "variant": self.variant, "fold": self.fold, "node_id": self.node}
+        if "val_bone_dice" not in metrics:  # not a validated epoch: metrics only
+            tune.report(result)
+        else:
+            d = self.scratch / f"report_{epoch}"
+            d.mkdir(parents=True, exist_ok=True)
+            try:  # a hard link, not a copy: Tune copies it into storage anyway
+                os.link(ckpt_path, d / "checkpoint.pt")
+            except OSError:
+                shutil.copy2(ckpt_path, d / "checkpoint.pt")
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(d)))
+            shutil.rmtree(d, ignore_errors=True)
+        self.report_seconds += time.perf_counter() - t0
         if self.fault:
             self.fault.after_epoch(epoch)
 
@@ -76,6 +83,7 @@ def trainable(config: dict) -> None:
 
     from boneseg.core.training import fit
 
+    t0 = time.perf_counter()
     cfg = Config.model_validate(config["cfg"])
     variant, fold = config["variant"], config["fold"]
     scratch = Path(tempfile.mkdtemp(prefix=f"boneseg-{variant}-fold{fold}-"))
@@ -84,9 +92,9 @@ def trainable(config: dict) -> None:
         if done:  # finished before the driver died: report the same result again, train nothing
             tune.report(done["final"], checkpoint=done["checkpoint"])
             return
-        r = fit(
-            cfg, variant, fold, out_dir=scratch, callbacks=[TuneReporter(scratch, variant, fold)], resume=True
-        )
+        reporter = TuneReporter(scratch, variant, fold)
+        r = fit(cfg, variant, fold, out_dir=scratch, callbacks=[reporter], resume=True)
+        r.summary["timing"].update(report_s=reporter.report_seconds, trial_s=time.perf_counter() - t0)
         final_dir = scratch / "final"
         final_dir.mkdir()
         os.replace(scratch / "model.pt", final_dir / "model.pt")

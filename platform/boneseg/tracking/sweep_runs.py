@@ -141,6 +141,12 @@ class SweepRuns:
                 self.client.log_metric(self.parent, f"{variant}.bone_dice_mean", s["bone_dice_mean"])
         self.client.set_terminated(self.parent, "FINISHED" if ok else "FAILED")
 
+    def set_progress(self, summary: str, done: int) -> None:
+        """Where the sweep stands, on the parent run: the `progress` tag (shown in the runs
+        table and the run page) and the `trials_done` metric."""
+        self.client.set_tag(self.parent, "progress", summary)
+        self.client.log_metric(self.parent, "trials_done", done, step=done)
+
     def log_data_input(self, slices_dir: str, digest: str) -> None:
         import warnings
 
