@@ -137,6 +137,8 @@ class TrainConfig(_Strict):
         "hard", description="soft: area fractions of each label per slice pixel; hard: nearest-sampled ids")
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
     channels_last: bool = True
+    fused_optimizer: bool = Field(False, description="AdamW's fused implementation (CPU and CUDA); false: the "
+                                                   "per-parameter loop")
     augment: bool = Field(False, description="random affine + intensity jitter on training batches")
     patch_size: int | None = Field(
         96, description="train on random patch_size x patch_size windows of each slice (null: whole slices); "
@@ -147,7 +149,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     eval_batch_size: int = Field(32, ge=1)
     val_every: int = Field(
-        1,
+        4,
         ge=1,
         description="3-D validation after every k-th epoch and after the last one; "
         "the final validation and the test are always full",

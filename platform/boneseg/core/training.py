@@ -87,7 +87,10 @@ def make_optim(model, tc: TrainConfig, steps_per_epoch: int, epochs: int):
         )
     # tiny runs (tests, smoke): the warm-up must span at least ~1.5 steps for OneCycleLR
     pct = max(tc.pct_start, min(1.5 / total, 0.5))
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr / tc.div_factor, weight_decay=tc.weight_decay)
+    # fused AdamW: one kernel over all parameters instead of a loop (on 1 CPU thread the
+    # step of 24 M parameters took 97 ms looped, 39 ms fused; docs/benchmarks.md)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr / tc.div_factor, weight_decay=tc.weight_decay,
+                            fused=tc.fused_optimizer)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=tc.lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct,
         div_factor=tc.div_factor, final_div_factor=tc.final_div_factor)

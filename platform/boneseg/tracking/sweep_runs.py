@@ -62,6 +62,9 @@ class SweepRuns:
                 rid = self.client.create_run(self.exp_id, run_name=variant, tags={
                     "mlflow.parentRunId": self.parent, "sweep_id": self.parent, "level": "variant",
                     "variant": variant, "classes": classes, "init": init}).info.run_id
+                # params too: the runs table shows params as columns beside the scores
+                for k, v in {"variant": variant, "classes": classes, "init": init}.items():
+                    self.client.log_param(rid, k, v)
             self._ids[(variant,)] = rid
         return self._ids[(variant,)]
 
