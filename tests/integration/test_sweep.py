@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def sweep_cfg(base, tmp_path, variants=("multi-random", "single-random"), epochs=1, uri=None, **sweep):
+def sweep_cfg(base, tmp_path, variants=("multi-random", "single-random"), epochs=1, uri=None, val_every=1,
+              **sweep):
     s = {
         "variants": list(variants),
         "storage_path": str(tmp_path / "ray"),
@@ -38,7 +39,8 @@ def sweep_cfg(base, tmp_path, variants=("multi-random", "single-random"), epochs
     return base.model_copy(update={
         "sweep": base.sweep.model_copy(update=s),
         "report": base.report.model_copy(update={"out_dir": str(tmp_path / "report"), "bootstrap": 500}),
-        "train": base.train.model_copy(update={"epochs": epochs, "out_dir": str(tmp_path / "train")}),
+        "train": base.train.model_copy(update={"epochs": epochs, "out_dir": str(tmp_path / "train"),
+                                               "val_every": val_every}),
         "tracking": base.tracking.model_copy(update={"uri": uri or f"sqlite:///{tmp_path / 'mlflow.db'}"})})
 
 
@@ -239,6 +241,27 @@ def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(
     summary = json.loads(c.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)) and
                          (tmp_path / "summary.json").read_text())
     assert summary["fold"] == 0
+
+
+def test_validation_every_k_epochs_checkpoints_there_and_a_retry_resumes_from_it(tiny_pipeline, tmp_path,
+                                                                                 monkeypatch):
+    """val_every=2 over 3 epochs: validation (and Tune checkpoints) after epochs 1 and 2 only; a
+    SIGKILL during epoch 2 resumes from the epoch-1 checkpoint, and no epoch is logged twice."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    marker = tmp_path / "fault.done"
+    monkeypatch.setenv(FAULT_ENV, f"sigkill:multi-random:1:1:{marker}")
+    cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random",), epochs=3, val_every=2)
+    run_sweep(cfg)
+    assert marker.read_text() == "sigkill"
+    c, runs = check_tree(cfg.tracking.uri, ["multi-random"], 2)
+    for r in runs["fold"]:
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "val_bone_dice")] == [1, 2]
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "train_loss")] == [0, 1, 2]
+    run = next(r for r in runs["fold"] if r.data.tags["fold"] == "1")
+    assert run.data.tags["resumed_from_epoch"] == "2"  # epoch 2 re-trained from the epoch-1 checkpoint
+    hist = json.loads((tmp_path / "trials" / "multi-random" / "fold1" / "history.json").read_text())
+    assert [("val_bone_dice" in h) for h in hist] == [False, True, True]
 
 
 def free_port():

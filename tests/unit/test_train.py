@@ -175,3 +175,30 @@ def test_pretrain_writes_an_encoder_the_pretrained_case_loads(tiny_pipeline, tmp
     assert all(torch.equal(model.encoder.state_dict()[k], saved[k]) for k in saved)
     r = fit(tiny_pipeline, "multi-pretrained", 0, out_dir=tmp_path / "p")
     assert r.weights["source"] == "thigh"
+
+
+def test_validation_cadence_keeps_the_last_epoch():
+    from boneseg.core.training import validates
+
+    tc = TrainConfig(epochs=8, val_every=4)
+    assert [e for e in range(8) if validates(e, tc)] == [3, 7]
+    assert [e for e in range(5) if validates(e, TrainConfig(epochs=5, val_every=2))] == [1, 3, 4]
+    assert all(validates(e, TrainConfig(epochs=3, val_every=1)) for e in range(3))
+
+
+def test_skipping_validation_leaves_training_bit_identical(tiny_pipeline, tmp_path):
+    """Validation only reads the model: validating every epoch or only after the last one
+    trains the very same weights (so train.val_every cannot change a score)."""
+    every = tiny_pipeline.model_copy(update={"train": tiny_pipeline.train.model_copy(update={"epochs": 2,
+                                                                                          "val_every": 1})})
+    last = tiny_pipeline.model_copy(update={"train": every.train.model_copy(update={"val_every": 2})})
+    a = fit(every, "multi-random", 0, out_dir=tmp_path / "every")
+    b = fit(last, "multi-random", 0, out_dir=tmp_path / "last")
+    assert ["val_bone_dice" in h for h in a.history] == [True, True]
+    assert ["val_bone_dice" in h for h in b.history] == [False, True]
+    wa = torch.load(tmp_path / "every" / "model.pt", weights_only=False)["model"]
+    wb = torch.load(tmp_path / "last" / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (
+        a.bone_dice == b.bone_dice and a.summary["timing"]["epoch_val_s"] > b.summary["timing"]["epoch_val_s"]
+    )
