@@ -21,12 +21,17 @@ for _ in $(seq 90); do
   curl -sf "http://127.0.0.1:$port/health" > /dev/null && break
   sleep 1
 done
-# the runs table of the experiment, one row per variant, best first (the experiment's note says the same)
-query="searchFilter=tags.level%20%3D%20%27variant%27&orderByKey=metrics.%60bone_dice_mean%60&orderByAsc=false"
+# the runs table of the experiment, one row per variant of the last finished sweep (results/trials/index.json),
+# best first (the experiment's note says the same)
+sweep=$(.venv/bin/python -c "import json; print(json.load(open('results/trials/index.json'))['sweep_run_id'])" \
+        2>/dev/null || true)
+filter="tags.level = 'variant'${sweep:+ and tags.sweep_id = '$sweep'}"
+enc=$(.venv/bin/python -c "import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=''))" "$filter")
+query="searchFilter=$enc&orderByKey=metrics.%60bone_dice_mean%60&orderByAsc=false&compareRunsMode=${MODE:-CHART}"
 url="http://127.0.0.1:$port/#/experiments/$exp_id/runs?$query"
 profile=$(mktemp -d)
 "$browser" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$profile" --hide-scrollbars \
-  --window-size=1600,900 --virtual-time-budget=20000 --screenshot="$out" "$url" 2>/dev/null
+  --window-size=${WINDOW:-2200,1000} --virtual-time-budget=${BUDGET_MS:-90000} --screenshot="$out" "$url" 2>/dev/null
 rm -rf "$profile"
 echo "mlflow_screenshot: $out ($url)"
