@@ -112,10 +112,10 @@ def fig_curves(res: dict, path: Path) -> None:
     for (variant, _fold), hist in sorted(res["histories"].items()):
         if variant not in colours:
             continue
-        ep = [h["epoch"] for h in hist]
         for ax, key in zip(axes, ("val_bone_dice", "train_loss")):
-            ax.plot(ep, [h.get(key, float("nan")) for h in hist], color=colours[variant], alpha=0.7, lw=1,
-                    label=None if variant in labelled else variant)
+            pts = [(h["epoch"], h[key]) for h in hist if key in h]  # validation: only validated epochs
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colours[variant], alpha=0.7, lw=1,
+                    marker="o", ms=3, label=None if variant in labelled else variant)
         labelled.add(variant)
     for ax, title in zip(axes, ("validation bone Dice", "training loss")):
         ax.set_xlabel("epoch")
