@@ -16,6 +16,7 @@ from pathlib import Path
 from boneseg.core.config import ENCODER_WEIGHT_NAMES, VARIANTS, Config
 from boneseg.core.io import write_json
 from boneseg.core.layout import load_index, load_splits
+from boneseg.core.metrics import best_variant
 from boneseg.errors import BonesegError, ConfigError
 from boneseg.sweep.results import TrialOutcome, collect, export, write_results
 from boneseg.sweep.tracker import Tracker, log
@@ -217,14 +218,16 @@ def _run(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir:
     table, rows, failed = collect(outcomes, variants, folds)
     for variant, scores in table.items():
         runs.close_variant(variant, scores)
+    best = best_variant(table) if table else None  # one choice for metrics.json, results/model, MLflow
     registered = None
     if table and not failed:
         register = (lambda d, m: runs.register(cfg.tracking.registered_model, d, m)) \
             if cfg.tracking.registered_model else None
-        registered = export(cfg, outcomes, table, {"name": exp_dir.name, "run_id": runs.parent}, register)
-    best = _best(table)
+        registered = export(
+            cfg, outcomes, table, best, {"name": exp_dir.name, "run_id": runs.parent}, register
+        )
     runs.close(table, best, ok=not failed)
-    write_results(cfg, table, rows)
+    write_results(cfg, table, rows, best)
     if registered:
         log(f"best variant {best}: fold models in {cfg.sweep.model_dir}"
             + (f", registered as {registered}" if registered != "-" else ""))
@@ -235,12 +238,6 @@ def _run(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir:
         raise BonesegError(f"{len(failed)} trial(s) failed after {cfg.sweep.max_failures} retries: "
                            f"{', '.join(failed)}. Fix the cause and run the same command again to resume.")
     return table
-
-
-def _best(table: dict) -> str | None:
-    from boneseg.core.metrics import best_variant
-
-    return best_variant(table) if table else None
 
 
 def outcomes_of(grid_result) -> list[TrialOutcome]:

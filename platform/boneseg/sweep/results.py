@@ -19,7 +19,7 @@ from typing import Callable
 from boneseg.core.config import Config
 from boneseg.core.io import atomic_dir, atomic_write_text, write_json
 from boneseg.core.labelmap import LABEL_IDS
-from boneseg.core.metrics import best_variant, variant_scores
+from boneseg.core.metrics import variant_scores
 
 MODEL_MANIFEST = "boneseg.json"
 FOLDS_COLUMNS = ["variant", "fold", "case", "bone_dice"]
@@ -53,10 +53,11 @@ def collect(outcomes: list[TrialOutcome], variants: list[str], folds: list[int])
     return table, sorted(rows, key=lambda x: (x["variant"], x["fold"], x["case"])), failed
 
 
-def write_results(cfg: Config, table: dict, rows: list) -> None:
+def write_results(cfg: Config, table: dict, rows: list, best: str | None) -> None:
+    """`best`: `core.metrics.best_variant(table)`, chosen once by the driver (None: no table)."""
     metrics = {v: {k: round(x, 6) for k, x in s.items()} for v, s in table.items()}
-    if table:
-        metrics["best_variant"] = best_variant(table)
+    if best is not None:
+        metrics["best_variant"] = best
     write_json(cfg.sweep.metrics_file, metrics)
     buf = io.StringIO()
     w = csv.DictWriter(buf, FOLDS_COLUMNS, lineterminator="\n")
@@ -65,13 +66,12 @@ def write_results(cfg: Config, table: dict, rows: list) -> None:
     atomic_write_text(cfg.sweep.folds_file, buf.getvalue())
 
 
-def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, sweep: dict,
+def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sweep: dict,
            register: Callable[[Path, dict], str] | None = None) -> str:
     """Every trial's summary + history into results/trials, the best variant's fold
     models + manifest into results/model, both atomically. `sweep`: {"name", "run_id"};
     `register(model_dir, manifest) -> uri` registers the models (None: not). Returns the
     registered model URI ("-" when not registered)."""
-    best = best_variant(table)
     manifest = {"variant": best, "folds": [], "label_ids": {str(k): v for k, v in LABEL_IDS.items()},
                 "scores": table[best], "sweep": sweep["name"], "sweep_run_id": sweep["run_id"]}
     with atomic_dir(cfg.sweep.trials_dir) as trials, atomic_dir(cfg.sweep.model_dir) as models:

@@ -62,7 +62,7 @@ class Tracker(tune.Callback):
         return self._progress
 
     # ------------------------------------------------------------ the view
-    def _show(self, key=None, text: str | None = None) -> None:
+    def _show(self, text: str | None = None) -> None:
         """Live table in a terminal; else the plain line `text` (one per event)."""
         if self.live:
             if self._view is None:
@@ -96,7 +96,7 @@ class Tracker(tune.Callback):
         variant, fold = key = _key(trial)
         self.runs.fold_run(variant, fold, reopen=True)  # a retry reopens its run
         self.progress.start(key)
-        self._show(key, f"start   {variant}/fold{fold}")
+        self._show(f"start   {variant}/fold{fold}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         variant, fold = key = _key(trial)
@@ -105,8 +105,8 @@ class Tracker(tune.Callback):
             self.runs.finish_fold(rid, json.loads(result["summary"]), result.get("node_id"),
                                   int(result.get("resumed_from_epoch", 0)))
             self.progress.done(key, result["bone_dice"])
-            self._show(key, f"done    {variant}/fold{fold}: bone Dice {result['bone_dice']:.4f} "
-                            f"(test {result['test_bone_dice']:.4f}) | {self.progress.summary()}")
+            self._show(f"done    {variant}/fold{fold}: bone Dice {result['bone_dice']:.4f} "
+                       f"(test {result['test_bone_dice']:.4f}) | {self.progress.summary()}")
             return
         if rid not in self._started:  # idempotent: a resumed run keeps its logged params
             self._started.add(rid)
@@ -118,8 +118,8 @@ class Tracker(tune.Callback):
         self.runs.log_epoch(rid, epoch, result)
         self.progress.epoch(key, epoch, result.get("val_bone_dice", float("nan")))
         val = f"val_bone_dice {result['val_bone_dice']:.4f}  " if "val_bone_dice" in result else ""
-        self._show(key, f"epoch   {variant}/fold{fold} {epoch}: {val}train_loss {result['train_loss']:.4f}  "
-                        f"({result['images_per_s']:.1f} img/s) | {self.progress.summary()}")
+        self._show(f"epoch   {variant}/fold{fold} {epoch}: {val}train_loss {result['train_loss']:.4f}  "
+                   f"({result['images_per_s']:.1f} img/s) | {self.progress.summary()}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         ckpt = getattr(trial, "checkpoint", None)  # the final checkpoint (model.pt) is registered by now
@@ -128,13 +128,13 @@ class Tracker(tune.Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._show(
-            _key(trial), f"retry   {'/fold'.join(map(str, _key(trial)))}: restarting from its last checkpoint"
+            f"retry   {'/fold'.join(map(str, _key(trial)))}: restarting from its last checkpoint"
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.runs.fail_fold(*_key(trial))
         self.progress.failed(_key(trial))
-        self._show(_key(trial), f"FAILED  {'/fold'.join(map(str, _key(trial)))}")
+        self._show(f"FAILED  {'/fold'.join(map(str, _key(trial)))}")
 
     def on_experiment_end(self, trials, **info):
         self.close_view()
