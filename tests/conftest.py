@@ -67,3 +67,71 @@ def tiny_pipeline(tmp_path_factory):
     write_splits(cfg)
     build_slices(cfg, progress=False)
     return cfg
+
+
+# Identifiers a test plants in DICOM headers; none may reach data/raw, logs or MLflow.
+PLANTED = {
+    "PatientName": "Plantedname^Ingrid",
+    "PatientID": "PLANTEDID4711",
+    "PatientBirthDate": "19230517",
+    "StudyDate": "20190211",
+    "SeriesDate": "20190211",
+    "AcquisitionDate": "20190211",
+    "InstitutionName": "Planted General Hospital",
+    "ReferringPhysicianName": "Plantdoc^Otto",
+    "AccessionNumber": "PLANTACC99",
+    "StudyID": "PLANTSTUDY7",
+}
+UID_ROOT = "1.2.826.0.1.3680043.8.498.4711"  # the planted UIDs all start with this
+
+
+def write_dicom_series(vol: Volume, folder, series_number: int = 2, modality: str = "CT", study_uid=None,
+                       slope: float = 1.0, intercept: float = -1024.0,
+                       image_type=("ORIGINAL", "PRIMARY", "AXIAL"), rescale: bool = True,
+                       planted: dict | None = None) -> list:
+    """`vol` (voxel -> RAS+ affine) as a single-frame CT series, one file per slice, written in
+    reverse slice order under names that do not sort by position. Returns the file paths."""
+    from pathlib import Path
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
+    dc, dr = (float(np.linalg.norm(lps[:3, a])) for a in (0, 1))
+    row_cos, col_cos = lps[:3, 0] / dc, lps[:3, 1] / dr
+    study_uid = study_uid or generate_uid(prefix=UID_ROOT + ".1.")
+    series_uid = generate_uid(prefix=UID_ROOT + ".2.")
+    frame_uid = generate_uid(prefix=UID_ROOT + ".3.")
+    stored = np.round((np.asarray(vol.data, np.float64) - intercept) / slope).astype(np.int16)
+    paths = []
+    nz = vol.shape[2]
+    for k in reversed(range(nz)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(prefix=UID_ROOT + ".4.")
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        for key, value in (PLANTED if planted is None else planted).items():
+            setattr(ds, key, value)
+        ds.PatientSex, ds.StudyTime, ds.Manufacturer = "F", "101010", "Planted Scanner Co"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, series_number, k + 1
+        ds.ImageType = list(image_type)
+        ds.ImageOrientationPatient = [round(float(v), 8) for v in (*row_cos, *col_cos)]
+        ds.ImagePositionPatient = [round(float(v), 6) for v in (lps @ [0, 0, k, 1])[:3]]
+        ds.PixelSpacing = [round(dr, 6), round(dc, 6)]
+        ds.SliceThickness = round(float(np.linalg.norm(lps[:3, 2])), 6)
+        ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        if rescale:
+            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (rows = j, columns = i)
+        path = folder / f"S{series_number}IM{(k * 7919) % 10007:05d}"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -1,14 +1,17 @@
 """`boneseg import`: bring real CT (and optional labels) into data/raw under pseudonymous ids.
 
-Two source layouts:
+Three source layouts:
 - nifti:            DIR/images/<id>.nii(.gz) [+ DIR/labels/<id>.nii(.gz), ids per docs/architecture.md]
 - totalsegmentator: DIR/sXXXX/ct.nii.gz + DIR/sXXXX/segmentations/<class>.nii.gz (+ meta.csv)
+- dicom:            every CT series under DIR (nested folders, by SeriesInstanceUID; `core.dicom`),
+                    one case per series; localizers are skipped and listed
 
 Every case is validated before anything is written; one bad case stops the import with
 the output folder untouched (or, with --skip-invalid, is listed and left out). Source
-ids are replaced by `ct0000`-style ids; the map lives in a local, git-ignored file
-(.boneseg/import_idmap.json) and is never logged. Files are reoriented to the closest
-RAS+ order and written with fresh headers (no source header text).
+ids (file names, or DICOM SeriesInstanceUIDs) are replaced by `ct0000`-style ids; the
+map lives in a local, git-ignored file (.boneseg/import_idmap.json) and is never logged.
+Files are reoriented to the closest RAS+ order and written with fresh headers (no source
+header text).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boneseg.core.dicom import Series, read_series, scan_series
 from boneseg.core.io import atomic_write_text
 from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume, strip_nifti_suffix, to_canonical
 from boneseg.errors import DataError
@@ -53,6 +57,7 @@ class SourceCase:
     image: Path
     labels: Path | None = None  # nifti layout
     masks: dict[str, Path] = field(default_factory=dict)  # totalsegmentator layout
+    series: Series | None = None  # dicom layout
 
 
 def scan_nifti(src: Path) -> list[SourceCase]:
@@ -91,6 +96,17 @@ def scan_totalsegmentator(src: Path) -> list[SourceCase]:
     return cases
 
 
+def scan_dicom(src: Path) -> tuple[list[SourceCase], list[str]]:
+    """One case per CT series; localizers are left out and listed (by series number and folder)."""
+    found, _ = scan_series(src)
+    skipped = [f"{s.name}: localizer (scout), not a CT volume" for s in found if s.localizer]
+    cases = [SourceCase(f"dicom:{s.uid}", s.files[0], series=s) for s in found if not s.localizer]
+    if not cases:
+        raise DataError(f"{src}: no DICOM CT series found{' (only localizers)' if skipped else ''}. "
+                        "The dicom layout takes a folder with one or more series, in any nesting.")
+    return cases, skipped
+
+
 def merge_ts_masks(case: SourceCase, image: Volume) -> Volume | None:
     """Fold the per-class masks into one label map (bone written last, so it wins)."""
     if not case.masks:
@@ -106,6 +122,8 @@ def merge_ts_masks(case: SourceCase, image: Volume) -> Volume | None:
 
 
 def read_case(case: SourceCase, layout: str) -> tuple[Volume, Volume | None]:
+    if layout == "dicom":
+        return read_series(case.series).volume, None
     image = load_ct(case.image)
     if layout == "nifti":
         labels = load_labels(case.labels, image, case.image) if case.labels else None
@@ -130,6 +148,11 @@ def assign_ids(sources: list[str], id_map: dict[str, str], prefix: str = "ct") -
     return out
 
 
+def case_name(case: SourceCase) -> str:
+    """How messages name a source case: its file id, or a DICOM series' number and folder (no UID)."""
+    return case.series.name if case.series is not None else case.source_id
+
+
 def validate_all(cases: list[SourceCase], layout: str, skip_invalid: bool) -> tuple[list, list[str]]:
     ok, skipped = [], []
     for case in cases:
@@ -138,9 +161,9 @@ def validate_all(cases: list[SourceCase], layout: str, skip_invalid: bool) -> tu
             ok.append(case)
         except DataError as exc:
             if not skip_invalid:
-                raise DataError(f"case {case.source_id} is invalid, nothing was imported: {exc}\n"
+                raise DataError(f"case {case_name(case)} is invalid, nothing was imported: {exc}\n"
                                 "Fix or remove it, or pass --skip-invalid to import the rest.") from None
-            skipped.append(f"{case.source_id}: {exc}")
+            skipped.append(f"{case_name(case)}: {exc}")
     return ok, skipped
 
 
@@ -183,8 +206,13 @@ def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = 
     source = Path(source)
     if not source.is_dir():
         raise DataError(f"{source}: source folder not found.")
-    cases = scan_nifti(source) if layout == "nifti" else scan_totalsegmentator(source)
+    listed = []
+    if layout == "dicom":
+        cases, listed = scan_dicom(source)
+    else:
+        cases = scan_nifti(source) if layout == "nifti" else scan_totalsegmentator(source)
     ok, skipped = validate_all(cases, layout, skip_invalid)
+    skipped = listed + skipped
     ids = assign_ids([c.source_id for c in ok], load_id_map(id_map_path))
     dirs = write_cases(ok, layout, Path(out), cohort, ids)
     atomic_write_text(id_map_path, json.dumps(ids, indent=1, sort_keys=True) + "\n")

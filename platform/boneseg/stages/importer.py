@@ -1,4 +1,4 @@
-"""`boneseg import`: real CT (NIfTI or TotalSegmentator layout) under pseudonymous ids."""
+"""`boneseg import`: real CT (NIfTI, TotalSegmentator or DICOM series) under pseudonymous ids."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +10,11 @@ from boneseg.core.importing import DEFAULT_ID_MAP, import_cohort
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "import", help="import real CT (nifti or TotalSegmentator layout) under pseudonymous ids"
+        "import", help="import real CT (nifti, TotalSegmentator or DICOM series) under pseudonymous ids"
     )
     p.add_argument("--source", required=True, help="folder to import from")
     p.add_argument("--out", help="output folder (default: data.raw_dir)")
-    p.add_argument("--layout", choices=("nifti", "totalsegmentator"), default="nifti")
+    p.add_argument("--layout", choices=("nifti", "totalsegmentator", "dicom"), default="nifti")
     p.add_argument("--cohort", choices=("abdomen", "thigh"), default="abdomen")
     p.add_argument("--skip-invalid", action="store_true", help="import the valid cases, list the others")
     p.add_argument("--id-map", default=DEFAULT_ID_MAP, help="local, git-ignored pseudonym map")

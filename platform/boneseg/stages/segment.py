@@ -2,6 +2,8 @@
 
 --model takes a checkpoint file or folder (results/model), `models:/boneseg/<version>`
 (or `@alias`), or an MLflow run id; `boneseg.tracking.registry` resolves it to files.
+--input may also be a DICOM series folder (`core.dicomseg`): the output is then NIfTI, or
+with --output-format dicom-seg a DICOM-SEG that references the series.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from boneseg.core.config import Config
 from boneseg.core.inference import plan_outputs, segment_files
-from boneseg.errors import ConfigError
+from boneseg.errors import ConfigError, DataError
 
 
 def parse_folds(text: str) -> list[int] | None:
@@ -23,10 +25,21 @@ def parse_folds(text: str) -> list[int] | None:
         raise ConfigError(f"--folds {text!r}: expected 'all' or fold numbers like 0,1") from None
 
 
+def dicom_input(inp: Path) -> bool:
+    """A folder without NIfTI files but with DICOM files: one series to segment."""
+    from boneseg.core.dicom import is_dicom_folder
+    from boneseg.core.nifti import is_nifti_name
+
+    return inp.is_dir() and not any(is_nifti_name(p) for p in inp.iterdir()) and is_dicom_folder(inp)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("segment", help="label maps for new CTs with trained fold models (ensembled)")
-    p.add_argument("--input", required=True, help="a CT .nii/.nii.gz or a folder of them")
+    p.add_argument("--input", required=True,
+                   help="a CT .nii/.nii.gz, a folder of them, or a DICOM series folder")
     p.add_argument("--output", required=True, help="the label map file, or a folder (one file per input)")
+    p.add_argument("--output-format", default="nifti", choices=["nifti", "dicom-seg"],
+                   help="dicom-seg: a DICOM-SEG on the source series (DICOM input only)")
     p.add_argument("--model", required=True,
                    help="models:/boneseg/<version>, an MLflow run id, or a model.pt / folder of fold models")
     p.add_argument("--folds", default="all", help="fold models to ensemble: all (default) or e.g. 0,1")
@@ -40,11 +53,23 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     from boneseg.tracking.runs import tracking_uri
 
     folds = parse_folds(args.folds)
-    plan_outputs(Path(args.input), Path(args.output))  # bad paths fail before any model is fetched
+    inp, out = Path(args.input), Path(args.output)
+    dicom = dicom_input(inp)
+    if dicom:  # bad paths fail before any model is fetched
+        from boneseg.core.dicomseg import plan_output, segment_series
+
+        plan_output(inp, out, args.output_format)
+    elif args.output_format == "dicom-seg":
+        raise DataError(f"--input {inp}: a DICOM-SEG needs a DICOM series as input (it references the source "
+                        "instances). Pass the series folder, or use --output-format nifti.")
+    else:
+        plan_outputs(inp, out)
     checkpoints = resolve_model(args.model, tracking_uri(cfg), cfg.tracking.registered_model or "boneseg")
-    res = segment_files(
-        cfg, Path(args.input), Path(args.output), checkpoints, folds, args.device, args.classes
-    )
+    if dicom:
+        res = segment_series(cfg, inp, out, checkpoints, folds, args.device, args.classes, args.output_format,
+                             args.model)
+    else:
+        res = segment_files(cfg, inp, out, checkpoints, folds, args.device, args.classes)
     for r in res:
         print(f"segment: {r['output']}  {'x'.join(map(str, r['shape']))}  bone {r['bone_ml']} ml  "
               f"({r['seconds']:.1f} s)")
