@@ -148,11 +148,15 @@ def _uneven(files):
     ds.save_as(files[0])
 
 
+BAD_SRC = r"case series 2 in src is invalid, nothing was imported: "
+
+
 @pytest.mark.parametrize("case, match", [
-    ("missing_slice", r"series 2 in src: 1 slice\(s\) missing between positions .* slices are 3 mm apart"),
-    ("not_ct", r"series 2 in src: modality MR, not CT.*remove the series"),
+    ("missing_slice", BAD_SRC + r"1 slice\(s\) missing between positions .* slices are 3 mm apart"),
+    ("not_ct", BAD_SRC + r"modality MR, not CT.*remove the series"),
     ("truncated", r"unreadable DICOM pixel data .*truncated"),
-    ("mixed", r"series 2 in 2 folders: mixed slice sizes \['20x20', '20x24'\]"),
+    ("mixed", r"case series 2 in 2 folders is invalid, nothing was imported: "
+              r"mixed slice sizes \['20x20', '20x24'\]"),
     ("no_rescale", r"no RescaleSlope/RescaleIntercept and its stored values \[\d+, \d+\] are not Hounsfield"),
     ("tilt", r"not stacked along their normal \(gantry tilt"),
     ("uneven", r"unevenly spaced slices \(steps from 3 to 4 mm"),
@@ -174,6 +178,9 @@ def test_bad_dicom_is_refused_naming_the_series_and_nothing_is_written(tmp_path,
         import_cohort(src, out, "dicom", id_map_path=tmp_path / "m.json")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not any(".import-staging" in str(p) for p in out.rglob("*"))
+    with pytest.raises(DataError):
+        import_cohort(src, tmp_path / "new", "dicom", id_map_path=tmp_path / "m.json")
+    assert not (tmp_path / "new").exists()
 
 
 def test_skip_invalid_imports_the_good_series_and_lists_the_bad_one(tmp_path):

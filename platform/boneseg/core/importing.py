@@ -16,6 +16,7 @@ header text).
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import shutil
@@ -25,8 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from boneseg.core.dicom import Series, read_series, scan_series
-from boneseg.core.io import atomic_write_text
-from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume, strip_nifti_suffix, to_canonical
+from boneseg.core.io import atomic_write_bytes, atomic_write_text
+from boneseg.core.nifti import (
+    Volume,
+    load_ct,
+    load_labels,
+    save_volume,
+    strip_nifti_suffix,
+    to_canonical,
+    to_nifti_bytes,
+)
 from boneseg.errors import DataError
 
 DEFAULT_ID_MAP = ".boneseg/import_idmap.json"
@@ -153,56 +162,61 @@ def case_name(case: SourceCase) -> str:
     return case.series.name if case.series is not None else case.source_id
 
 
-def validate_all(cases: list[SourceCase], layout: str, skip_invalid: bool) -> tuple[list, list[str]]:
+def refuse_or_skip(case: SourceCase, exc: DataError, skip_invalid: bool) -> str:
+    """The skipped line for an invalid case, or (without --skip-invalid) the refusal."""
+    why = str(exc).removeprefix(f"{case_name(case)}: ")  # DICOM messages name their series
+    if not skip_invalid:
+        raise DataError(f"case {case_name(case)} is invalid, nothing was imported: {why}\n"
+                        "Fix or remove it, or pass --skip-invalid to import the rest.") from None
+    return f"{case_name(case)}: {why}"
+
+
+def save_ct_fast(image: Volume, path: Path) -> None:
+    """ct.nii.gz at gzip level 1: CT noise makes level 6 ~7x slower for ~1.5 % smaller files
+    (bench/dicom_import.py). Still deterministic bytes (mtime 0), the same fresh header."""
+    atomic_write_bytes(path, gzip.compress(to_nifti_bytes(image.data, image.affine, gz=False), 1, mtime=0))
+
+
+def stage_cases(cases, layout, staging: Path, skip_invalid: bool) -> tuple[list, list[str]]:
+    """Read and check each case once, writing the valid ones under staging/<n>/ (outside
+    the cohort folder, so a refusal leaves the output as it was)."""
     ok, skipped = [], []
-    for case in cases:
+    for n, case in enumerate(cases):
         try:
-            read_case(case, layout)
-            ok.append(case)
+            image, labels = read_case(case, layout)
         except DataError as exc:
-            if not skip_invalid:
-                raise DataError(f"case {case_name(case)} is invalid, nothing was imported: {exc}\n"
-                                "Fix or remove it, or pass --skip-invalid to import the rest.") from None
-            skipped.append(f"{case_name(case)}: {exc}")
+            skipped.append(refuse_or_skip(case, exc, skip_invalid))
+            continue
+        image = to_canonical(image)
+        image.data = np.round(image.data).astype(np.int16)
+        d = staging / f"{n:05d}"
+        save_ct_fast(image, d / "ct.nii.gz")
+        if labels is not None:
+            save_volume(to_canonical(labels), d / "truth.nii.gz")
+        ok.append((case, d))
     return ok, skipped
 
 
-def write_cases(cases, layout, out: Path, cohort: str, ids: dict[str, str]) -> list[Path]:
-    """Write every case into a staging folder, then move each into place."""
-    staging = out / f".import-staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        for case in cases:
-            image, labels = read_case(case, layout)
-            image = to_canonical(image)
-            image.data = np.round(image.data).astype(np.int16)
-            d = staging / ids[case.source_id]
-            save_volume(image, d / "ct.nii.gz")
-            if labels is not None:
-                save_volume(to_canonical(labels), d / "truth.nii.gz")
-            meta = {
-                "case": ids[case.source_id],
-                "cohort": cohort,
-                "phase": "unknown",
-                "source": f"import:{layout}",
-            }
-            atomic_write_text(d / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        final = []
-        for case in cases:
-            dst = out / cohort / ids[case.source_id]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(staging / ids[case.source_id], dst)
-            final.append(dst)
-        return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def place_cases(staged, layout: str, out: Path, cohort: str, ids: dict[str, str]) -> list[Path]:
+    """Give each staged case its meta.json and move it into place under its pseudonym."""
+    final = []
+    for case, d in staged:
+        meta = {"case": ids[case.source_id], "cohort": cohort, "phase": "unknown",
+                "source": f"import:{layout}"}
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        dst = out / cohort / ids[case.source_id]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(d, dst)
+        final.append(dst)
+    return final
 
 
 def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = "abdomen",
                   skip_invalid: bool = False, id_map_path: Path = Path(DEFAULT_ID_MAP)):
-    """Validate every case, then write them. Returns (case dirs, skipped reasons)."""
+    """Read, check and stage every case, then move them into place (each read once).
+    Returns (case dirs, skipped reasons)."""
     source = Path(source)
     if not source.is_dir():
         raise DataError(f"{source}: source folder not found.")
@@ -211,10 +225,20 @@ def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = 
         cases, listed = scan_dicom(source)
     else:
         cases = scan_nifti(source) if layout == "nifti" else scan_totalsegmentator(source)
-    ok, skipped = validate_all(cases, layout, skip_invalid)
+    out, existed = Path(out), Path(out).exists()
+    staging = out / f".import-staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staged, skipped = stage_cases(cases, layout, staging, skip_invalid)
+        ids = assign_ids([c.source_id for c, _ in staged], load_id_map(id_map_path))
+        dirs = place_cases(staged, layout, out, cohort, ids)
+    except BaseException:
+        if not existed:  # a refused import leaves no folder behind either
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     skipped = listed + skipped
-    ids = assign_ids([c.source_id for c in ok], load_id_map(id_map_path))
-    dirs = write_cases(ok, layout, Path(out), cohort, ids)
     atomic_write_text(id_map_path, json.dumps(ids, indent=1, sort_keys=True) + "\n")
     # the skipped list names source ids: it goes to the terminal only, never to files
     return dirs, skipped
