@@ -178,6 +178,9 @@ class TrackingConfig(_Strict):
         "boneseg",
         description="the sweep registers its best variant's fold models under this name (null: not)",
     )
+    outage_s: float = Field(
+        120.0, gt=0, description="the sweep waits this long for an MLflow server that is down, then stops"
+    )
 
 
 class SweepConfig(_Strict):

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from boneseg.core.config import ENCODER_WEIGHT_NAMES, VARIANTS, Config
-from boneseg.core.io import write_json
 from boneseg.core.layout import load_index, load_splits
 from boneseg.core.metrics import best_variant
 from boneseg.errors import BonesegError, ConfigError
 from boneseg.sweep.results import TrialOutcome, collect, export, write_results
+from boneseg.sweep.storage import Storage
 from boneseg.sweep.tracker import Tracker, log
 
 # read by Ray when the driver starts it: Tune warns on every checkpoint of short trials
@@ -26,9 +26,6 @@ from boneseg.sweep.tracker import Tracker, log
 # boxed tables; the Tracker prints one line per event)
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-
-STATE_FILE = "boneseg_sweep.json"
-
 
 def absolute_config(cfg: Config) -> Config:
     """Paths made absolute, so trials read the same files whatever their working directory."""
@@ -72,6 +69,9 @@ def preflight(cfg: Config, variants: list[str]) -> list[str]:
     why = unreachable(cfg)
     if why:
         problems.append(f"MLflow: {why}")
+    why = Storage(cfg.sweep.storage_path).problem()
+    if why:
+        problems.append(why)
     return problems
 
 
@@ -93,16 +93,6 @@ def grid_fingerprint(cfg: Config, variants, folds) -> str:
     return hashlib.sha256(
         json.dumps([keep, variants, folds], sort_keys=True, default=str).encode()
     ).hexdigest()[:12]
-
-
-def find_unfinished(storage: Path, fingerprint: str) -> Path | None:
-    if not storage.is_dir():
-        return None
-    for state in sorted(storage.glob(f"*/{STATE_FILE}"), reverse=True):
-        s = json.loads(state.read_text())
-        if s.get("fingerprint") == fingerprint and s.get("status") != "finished":
-            return state.parent
-    return None
 
 
 def auth_env_for(address: str | None) -> None:
@@ -135,23 +125,24 @@ def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> di
     problems = preflight(cfg, variants)
     if problems:
         raise ConfigError("pre-flight checks failed, no trial was started:\n  " + "\n  ".join(problems))
-    storage = Path(cfg.sweep.storage_path).resolve()
+    storage = Storage(cfg.sweep.storage_path)
     fingerprint = grid_fingerprint(cfg, variants, folds)
-    exp_dir = None if mode == "restart" else find_unfinished(storage, fingerprint)
-    if mode == "resume" and exp_dir is None:
-        raise ConfigError(f"--resume: no unfinished sweep with these settings under {storage}.")
+    exp_name = None if mode == "restart" else storage.find_unfinished(fingerprint)
+    if mode == "resume" and exp_name is None:
+        where = storage.uri.split("?")[0]
+        raise ConfigError(f"--resume: no unfinished sweep with these settings under {where}.")
     threads = max(1, int(cfg.sweep.cpus_per_trial))
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
     connect(address or os.environ.get("RAY_ADDRESS"))
     try:
         check_resources(cfg)
-        return _run(cfg, variants, folds, storage, fingerprint, exp_dir)
+        return _run(cfg, variants, folds, storage, fingerprint, exp_name)
     finally:
         ray.shutdown()
 
 
-def _tuner(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir: Path | None):
-    """(Tuner, SweepRuns, experiment folder): a restored experiment, or a new one."""
+def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_name: str | None):
+    """(Tuner, SweepRuns, experiment name): a restored experiment, or a new one."""
     from ray import tune
 
     from boneseg.tracking.sweep_runs import SweepRuns
@@ -161,19 +152,20 @@ def _tuner(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_di
     )
     space = {"cfg": cfg.model_dump(mode="json"), "variant": tune.grid_search(variants),
              "fold": tune.grid_search(folds)}
-    if exp_dir is not None and tune.Tuner.can_restore(str(exp_dir)):
-        state = json.loads((exp_dir / STATE_FILE).read_text())
-        runs = SweepRuns(cfg, exp_dir.name, state["parent_run_id"])
-        log(f"resuming {exp_dir.name}: finished trials are kept, unfinished ones continue from checkpoints")
+    if exp_name is not None and tune.Tuner.can_restore(storage.experiment(exp_name)):
+        state = storage.read_state(exp_name)
+        runs = SweepRuns(cfg, exp_name, state["parent_run_id"])
+        log(f"resuming {exp_name}: finished trials are kept, unfinished ones continue from checkpoints")
         return (
-            tune.Tuner.restore(str(exp_dir), trainable, resume_errored=True, param_space=space),
+            tune.Tuner.restore(storage.experiment(exp_name), trainable, resume_errored=True,
+                               param_space=space),
             runs,
-            exp_dir,
+            exp_name,
         )
     name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:6]}"
-    exp_dir = storage / name
-    runs = SweepRuns(cfg, name, tags={"ray_storage_path": str(exp_dir), "fingerprint": fingerprint})
-    _write_state(exp_dir, fingerprint, runs.parent, "running")
+    where = storage.experiment(name).split("?")[0]  # the endpoint is not part of the tag
+    runs = SweepRuns(cfg, name, tags={"ray_storage_path": where, "fingerprint": fingerprint})
+    _write_state(storage, name, fingerprint, runs.parent, "running")
     runs.log_data_input(cfg.data.slices_dir, _slices_digest())
     log(f"{name}: {len(variants)} variants x {len(folds)} folds = {len(variants) * len(folds)} trials, "
         f"{cfg.sweep.cpus_per_trial} CPU / {cfg.sweep.gpus_per_trial} GPU each; MLflow parent {runs.parent}")
@@ -181,12 +173,12 @@ def _tuner(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_di
         trainable, param_space=space,
         tune_config=tune.TuneConfig(reuse_actors=cfg.sweep.reuse_actors),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), verbose=0,
+            name=name, storage_path=storage.uri, verbose=0,
             callbacks=[Tracker(cfg.model_dump(mode="json"), name, runs.parent,
                                [(v, f) for v in variants for f in folds], _slots(cfg))],
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    return tuner, runs, exp_dir
+    return tuner, runs, name
 
 
 def _slots(cfg: Config) -> int:
@@ -206,11 +198,14 @@ def _trainable():
     return trainable
 
 
-def _run(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir: Path | None) -> dict:
-    tuner, runs, exp_dir = _tuner(cfg, variants, folds, storage, fingerprint, exp_dir)
+def _run(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_name: str | None) -> dict:
+    tuner, runs, exp_name = _tuner(cfg, variants, folds, storage, fingerprint, exp_name)
     try:
         grid_result = tuner.fit()
-    except BaseException:  # Ctrl-C, a lost cluster: the parent ends FAILED (the same command resumes it)
+    except BaseException as exc:  # Ctrl-C, a lost cluster: the parent ends FAILED (the same command resumes)
+        outage = _outage(exc)
+        if outage:  # the server is gone: closing the parent would only wait again
+            raise BonesegError(outage) from None
         runs.close({}, None, ok=False)
         raise
     t_end = time.perf_counter()
@@ -224,20 +219,35 @@ def _run(cfg: Config, variants, folds, storage: Path, fingerprint: str, exp_dir:
         register = (lambda d, m: runs.register(cfg.tracking.registered_model, d, m)) \
             if cfg.tracking.registered_model else None
         registered = export(
-            cfg, outcomes, table, best, {"name": exp_dir.name, "run_id": runs.parent}, register
+            cfg, outcomes, table, best, {"name": exp_name, "run_id": runs.parent}, register
         )
     runs.close(table, best, ok=not failed)
     write_results(cfg, table, rows, best)
     if registered:
         log(f"best variant {best}: fold models in {cfg.sweep.model_dir}"
             + (f", registered as {registered}" if registered != "-" else ""))
-    _write_state(exp_dir, fingerprint, runs.parent, "finished" if not failed else "failed")
+    _write_state(storage, exp_name, fingerprint, runs.parent, "finished" if not failed else "failed")
     print(f"boneseg sweep: trials finished; results and MLflow closed in {time.perf_counter() - t_end:.1f} s",
           file=sys.stderr)
     if failed:
         raise BonesegError(f"{len(failed)} trial(s) failed after {cfg.sweep.max_failures} retries: "
                            f"{', '.join(failed)}. Fix the cause and run the same command again to resume.")
     return table
+
+
+def _outage(exc: BaseException) -> str | None:
+    """The TrackingOutage message, if that is what stopped Tune (it may arrive wrapped)."""
+    from boneseg.tracking.retry import TrackingOutage
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, TrackingOutage):
+            return str(seen)
+        if "TrackingOutage" in f"{type(seen).__name__}: {seen}":
+            text = str(seen)
+            return text[text.find("MLflow at"):].splitlines()[0] if "MLflow at" in text else text
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def outcomes_of(grid_result) -> list[TrialOutcome]:
@@ -256,9 +266,8 @@ def outcomes_of(grid_result) -> list[TrialOutcome]:
     return out
 
 
-def _write_state(exp_dir: Path, fingerprint: str, parent: str, status: str) -> None:
-    write_json(exp_dir / STATE_FILE, {"fingerprint": fingerprint, "parent_run_id": parent, "status": status},
-               indent=None)
+def _write_state(storage: Storage, name: str, fingerprint: str, parent: str, status: str) -> None:
+    storage.write_state(name, {"fingerprint": fingerprint, "parent_run_id": parent, "status": status})
 
 
 def _slices_digest() -> str:

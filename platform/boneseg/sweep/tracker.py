@@ -123,8 +123,10 @@ class Tracker(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         ckpt = getattr(trial, "checkpoint", None)  # the final checkpoint (model.pt) is registered by now
-        if ckpt is not None and os.path.isdir(ckpt.path):  # local storage (remote: logged by nobody)
-            self.runs.log_model(*_key(trial), ckpt.path)
+        if ckpt is None or not self.args[0]["sweep"]["log_model"]:
+            return
+        # local storage: read in place; object storage (s3://): fetched to a temp folder first
+        self.runs.log_model(*_key(trial), ckpt.path if os.path.isdir(ckpt.path) else ckpt.to_directory())
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._show(

@@ -76,7 +76,14 @@ def unreachable(cfg: Config) -> str | None:
         mlflow.MlflowClient(tracking_uri(cfg)).search_experiments(max_results=1)
         return None
     except Exception as exc:  # any failure to reach the store
-        return (f"{tracking_uri(cfg)} not reachable ({type(exc).__name__}: {str(exc)[:200]}). "
+        text = str(exc)
+        if "error code 401" in text or "error code 403" in text:
+            code = "401" if "error code 401" in text else "403"
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            return (f"{tracking_uri(cfg)} refused the credentials ({code}"
+                    f"{', user ' + repr(user) if user else ', none given'}). Set MLFLOW_TRACKING_USERNAME / "
+                    "MLFLOW_TRACKING_PASSWORD (a team stack writes them to infra/team/state/client.env).")
+        return (f"{tracking_uri(cfg)} not reachable ({type(exc).__name__}: {text[:200]}). "
                 "Start the server or fix MLFLOW_TRACKING_URI / tracking.uri.")
     finally:
         for k, v in saved.items():

@@ -1,9 +1,11 @@
 """The MLflow tree of one sweep: parent -> one run per variant -> one run per fold.
 
 Only the sweep's driver writes (one writer: no "database is locked" with sqlite,
-whatever the number of parallel trials). Runs are found again by tags, so a restarted
-driver or a retried trial continues the same runs instead of duplicating them. Every
-score logged here was computed by `core.metrics` from the trials' results.
+whatever the number of parallel trials), through `RetryingClient`: a server that is
+down or restarting is waited for, and nothing is lost or written twice. Runs are found
+again by tags, so a restarted driver or a retried trial continues the same runs instead
+of duplicating them. Every score logged here was computed by `core.metrics` from the
+trials' results.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from boneseg.core.config import VARIANTS, Config
 from boneseg.tracking.registry import register_model
+from boneseg.tracking.retry import RetryingClient
 from boneseg.tracking.runs import (
     FOLD_METRICS,
     VARIANT_METRICS,
@@ -22,6 +25,7 @@ from boneseg.tracking.runs import (
     log_epoch,
     log_finite,
     log_trial_start,
+    tracking_uri,
 )
 
 
@@ -29,7 +33,8 @@ class SweepRuns:
     def __init__(
         self, cfg: Config, sweep_name: str, parent_run_id: str | None = None, tags: dict | None = None
     ):
-        self.client = client_for(cfg)
+        # every write waits out a server outage of up to tracking.outage_s (tracking/retry.py)
+        self.client = RetryingClient(client_for(cfg), cfg.tracking.outage_s, tracking_uri(cfg))
         self.exp_id = experiment_id(self.client, cfg.tracking.experiment)
         self.cfg = cfg
         if parent_run_id is None:

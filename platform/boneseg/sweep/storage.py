@@ -1,0 +1,107 @@
+"""Where Ray Tune keeps the sweep's experiments: a local folder, or object storage
+(`s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http`, credentials from the
+environment), through pyarrow's filesystems as Ray itself uses them. No Ray here.
+
+The driver keeps one small state file per experiment beside Tune's own
+(`<experiment>/boneseg_sweep.json`: the grid's fingerprint, the MLflow parent run and
+the status), and finds an unfinished experiment to resume by listing those.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+STATE_FILE = "boneseg_sweep.json"
+
+
+class Storage:
+    """`sweep.storage_path` as a folder of experiments."""
+
+    def __init__(self, location: str):
+        self.remote = "://" in location
+        if self.remote:
+            self.uri = location
+        else:
+            self.uri = str(Path(location).resolve())
+        self._fs = None
+
+    def _filesystem(self):
+        if self._fs is None:
+            from pyarrow import fs
+
+            self._fs = fs.FileSystem.from_uri(self.uri) if self.remote else (fs.LocalFileSystem(), self.uri)
+        return self._fs
+
+    def experiment(self, name: str) -> str:
+        """The URI (or path) of one experiment: the name joined before any ?query."""
+        if not self.remote:
+            return str(Path(self.uri) / name)
+        parts = urlsplit(self.uri)
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
+
+    def _path(self, name: str, leaf: str = "") -> str:
+        fs, base = self._filesystem()
+        return "/".join(p for p in (base.rstrip("/"), name, leaf) if p)
+
+    def write_state(self, name: str, state: dict) -> None:
+        """Atomic for objects (a PUT appears whole); temp + rename on a local disk."""
+        if not self.remote:
+            from boneseg.core.io import write_json
+
+            write_json(Path(self.uri) / name / STATE_FILE, state, indent=None)
+            return
+        fs, _ = self._filesystem()
+        with fs.open_output_stream(self._path(name, STATE_FILE)) as out:
+            out.write((json.dumps(state) + "\n").encode())
+
+    def read_state(self, name: str) -> dict:
+        fs, _ = self._filesystem()
+        with fs.open_input_stream(self._path(name, STATE_FILE)) as f:
+            return json.loads(f.read().decode())
+
+    def find_unfinished(self, fingerprint: str) -> str | None:
+        """The newest experiment with this fingerprint that did not finish, by name."""
+        from pyarrow import fs as pafs
+
+        fs, base = self._filesystem()
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        except FileNotFoundError:
+            return None
+        for name in sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory), reverse=True):
+            if fs.get_file_info(self._path(name, STATE_FILE)).type != pafs.FileType.File:
+                continue
+            state = self.read_state(name)
+            if state.get("fingerprint") == fingerprint and state.get("status") != "finished":
+                return name
+        return None
+
+    def problem(self) -> str | None:
+        """None if the storage can be listed and written, else one line: what and the fix."""
+        if not self.remote:
+            return None
+        from pyarrow import fs as pafs
+
+        where = self.uri.split("?")[0]
+        try:
+            fs, base = self._filesystem()
+            bucket = base.split("/")[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                return (f"Ray storage {where}: bucket {bucket!r} does not exist. Create it "
+                        "(infra/team/stack.py up creates 'ray'), or fix sweep.storage_path.")
+            probe = self._path(".boneseg-write-probe")
+            with fs.open_output_stream(probe) as out:
+                out.write(b"ok\n")
+            fs.delete_file(probe)
+            return None
+        except OSError as exc:
+            text = str(exc)
+            if any(k in text for k in ("SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY", "ACCESS_DENIED",
+                                       "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")):
+                return (f"Ray storage {where}: the S3 server refused the key. Check AWS_ACCESS_KEY_ID / "
+                        "AWS_SECRET_ACCESS_KEY (infra/team/state/client.env).")
+            return (f"Ray storage {where}: not reachable ({text[:160]}). Start the S3 server or fix "
+                    "endpoint_override in sweep.storage_path.")
+        except Exception as exc:  # a malformed URI, an unknown scheme
+            return f"Ray storage {where}: {type(exc).__name__}: {str(exc)[:160]}. Fix sweep.storage_path."

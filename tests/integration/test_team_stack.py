@@ -1,0 +1,390 @@
+"""The team stack on loopback (infra/team/stack.py: PostgreSQL + SeaweedFS S3 + MLflow with
+basic auth), started in a temp folder with free ports and stopped after; boneseg used
+against it exactly as a team would, with faults: a SIGKILLed driver, an MLflow outage."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import boto3
+import mlflow
+import pytest
+from test_sweep import BIN, assert_no_tune_errors, boneseg_cmd, check_tree, sweep_cfg
+
+from boneseg.core.config import to_yaml
+from boneseg.errors import ConfigError
+from boneseg.sweep.driver import run_sweep
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+STACK = [sys.executable, str(ROOT / "infra/team/stack.py")]
+
+
+def read_env(path: Path) -> dict:
+    out = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            out[k] = v.strip("'")
+    return out
+
+
+def stack(*args, state: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*STACK, *args, "--dir", str(state)], capture_output=True, text=True, timeout=240, check=True
+    )
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """The stack, up once for this module; its folder is one the postgres user can reach."""
+    base = Path(tempfile.mkdtemp(prefix="bsteam", dir="/tmp"))
+    os.chmod(base, 0o755)
+    state = base / "state"
+    t0 = time.time()
+    first = stack("up", "--free-ports", state=state)
+    started = time.time() - t0
+    assert "stack: up in" in first.stdout
+    second = stack("up", state=state)  # idempotent: a no-op while it runs
+    assert "already running" in second.stdout
+    assert (state / "team.env").stat().st_mode & 0o777 == 0o600
+    assert (state / "client.env").stat().st_mode & 0o777 == 0o600
+    yield {
+        "state": state,
+        "client": read_env(state / "client.env"),
+        "secrets": read_env(state / "team.env"),
+        "start_s": started,
+        "logs": [first.stdout + first.stderr, second.stdout + second.stderr],
+    }
+    t0 = time.time()
+    stack("down", state=state)
+    print(f"\nteam stack: up {started:.1f} s, down {time.time() - t0:.1f} s")
+    left = subprocess.run(["pgrep", "-af", str(state)], capture_output=True, text=True).stdout
+    assert not left.strip(), f"processes left behind: {left}"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def client_env(team, monkeypatch):
+    for k, v in team["client"].items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return {**os.environ}
+
+
+def http_code(url: str, user: str | None = None, password: str | None = None) -> int:
+    req = urllib.request.Request(url)
+    if user:
+        import base64
+
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def psql(team, sql: str) -> str:
+    s = team["secrets"]
+    return subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", s["PG_PORT"], "-U", "postgres", "-d", "mlflow", "-At", "-c", sql],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PGPASSWORD": s["PG_SUPERUSER_PASSWORD"]},
+    ).stdout
+
+
+def s3(team, secret=None):
+    c = team["client"]
+    return boto3.client(
+        "s3",
+        endpoint_url=c["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=c["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=secret or c["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def keys(team, bucket: str, prefix: str = "") -> list[str]:
+    pages = s3(team).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for p in pages for o in p.get("Contents", [])]
+
+
+def team_cfg(base, tmp_path, team, prefix: str):
+    storage = team["client"]["BONESEG_RAY_STORAGE"].replace("s3://ray/boneseg", f"s3://ray/{prefix}")
+    cfg = sweep_cfg(
+        base, tmp_path, variants=("multi-random",), epochs=2, storage_path=storage, log_model=True
+    )
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"outage_s": 90})})
+
+
+def test_auth_and_preflight_name_the_failing_service(team, client_env, tiny_pipeline, tmp_path, monkeypatch):
+    url = team["client"]["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+    user, pw = team["client"]["MLFLOW_TRACKING_USERNAME"], team["client"]["MLFLOW_TRACKING_PASSWORD"]
+    assert http_code(url) == 401
+    assert http_code(url, user, "wrong-" + pw) == 401
+    assert http_code(url, user, pw) == 200
+    with pytest.raises(Exception, match="SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied"):
+        s3(team, secret="wrong-secret").list_objects_v2(Bucket="mlflow")
+    monkeypatch.chdir(tmp_path)
+    good = team_cfg(tiny_pipeline, tmp_path, team, "preflight")
+    cases = {
+        "MLFLOW_TRACKING_PASSWORD": ("wrong", "refused the credentials (401, user 'boneseg')"),
+        "AWS_SECRET_ACCESS_KEY": ("wrong", "the S3 server refused the key"),
+    }
+    for var, (value, message) in cases.items():
+        monkeypatch.setenv(var, value)
+        with pytest.raises(ConfigError, match=r"no trial was started") as err:
+            run_sweep(good)
+        assert (
+            message in str(err.value)
+            and len([ln for ln in str(err.value).splitlines() if message in ln]) == 1
+        )
+        monkeypatch.setenv(var, team["client"][var])
+    nobucket = good.model_copy(
+        update={
+            "sweep": good.sweep.model_copy(
+                update={"storage_path": good.sweep.storage_path.replace("s3://ray/", "s3://nobucket/")}
+            )
+        }
+    )
+    with pytest.raises(ConfigError, match="bucket 'nobucket' does not exist"):
+        run_sweep(nobucket)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match=r"MLflow: http://127.0.0.1:9 not reachable"):
+        run_sweep(good)
+
+
+def run_driver(cfg, tmp_path, env, on_line=None, kill_after_done=False) -> tuple[int, str]:
+    params = tmp_path / "params.yaml"
+    params.write_text(to_yaml(cfg))
+    proc = subprocess.Popen(
+        boneseg_cmd(params, "sweep"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if on_line:
+            on_line(line)
+        if kill_after_done and line.startswith("sweep: done"):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    out.append(proc.stdout.read())
+    return proc.wait(600), "".join(out)
+
+
+def test_sweeps_resume_and_an_outage_on_the_team_stack(team, client_env, tiny_pipeline, tmp_path):
+    env = {k: v for k, v in client_env.items() if k != "RAY_ADDRESS"}
+    # A: an uninterrupted sweep, the reference result
+    a_dir = tmp_path / "a"
+    a_dir.mkdir()
+    cfg_a = team_cfg(tiny_pipeline, a_dir, team, "sweep-a")
+    rc, out_a = run_driver(cfg_a, a_dir, env)
+    assert rc == 0, out_a[-3000:]
+    assert_no_tune_errors(out_a)
+    uri = team["client"]["MLFLOW_TRACKING_URI"]
+    check_tree(uri, ["multi-random"], 2)
+    # ... its runs are rows in PostgreSQL, its artifacts objects in S3, its Tune state in S3
+    assert psql(team, "select count(*) from runs where lifecycle_stage = 'active'").strip() == "4"
+    assert (
+        psql(team, "select count(*) from metrics where key = 'val_bone_dice'").strip() == "4"
+    )  # 2 folds x 2
+    art = keys(team, "mlflow")
+    assert sum(k.endswith("/summary.json") for k in art) == 2
+    assert (
+        sum(k.endswith(".pt") for k in art) >= 4
+    )  # each fold's model.pt (log_model), + the registered copies
+    ray_keys = keys(team, "ray", "sweep-a/")
+    assert any(k.split("/")[-1].startswith("experiment_state") for k in ray_keys)
+    assert any(k.endswith("/boneseg_sweep.json") for k in ray_keys)
+    assert any("checkpoint_" in k for k in ray_keys)
+    metrics_a = json.loads((a_dir / "metrics.json").read_text())
+
+    # B: the same grid; its driver is SIGKILLed after one trial, and while the same command
+    # resumes it, the MLflow server is stopped for 15 s and started again
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    cfg_b = team_cfg(tiny_pipeline, b_dir, team, "sweep-b")
+    rc, out_b1 = run_driver(cfg_b, b_dir, env, kill_after_done=True)
+    assert "sweep: done" in out_b1
+    outage = {}
+
+    def stop_server_once(line):
+        if line.startswith("sweep: resuming") and not outage:
+
+            def cycle():
+                t0 = time.time()
+                stack("down", "--only", "mlflow", state=team["state"])
+                time.sleep(15)
+                stack("up", state=team["state"])
+                outage["s"] = time.time() - t0
+
+            outage["thread"] = threading.Thread(target=cycle)
+            outage["thread"].start()
+
+    rc, out_b2 = run_driver(cfg_b, b_dir, env, on_line=stop_server_once)
+    outage["thread"].join(120)
+    assert rc == 0, out_b2[-3000:]
+    assert "resuming" in out_b2 and outage["s"] >= 15
+    # the driver's writes met the outage, waited, and went through
+    assert "tracking: MLflow at http://127.0.0.1:" in out_b2 and "MLflow answers again after" in out_b2
+    assert_no_tune_errors(out_b2)
+    print(f"\nMLflow outage survived: {outage['s']:.1f} s (stopped 15 s + restart)")
+    assert json.loads((b_dir / "metrics.json").read_text()) == metrics_a
+    # nothing duplicated or lost: one more tree of 4 runs, each fold with val_bone_dice at epochs 0 and 1
+    assert psql(team, "select count(*) from runs where lifecycle_stage = 'active'").strip() == "8"
+    assert psql(team, "select count(*) from runs where lifecycle_stage = 'deleted'").strip() == "0"
+    c = mlflow.MlflowClient(uri)
+    parents = [
+        r for r in c.search_runs([c.get_experiment_by_name("boneseg").experiment_id], "tags.kind = 'sweep'")
+    ]
+    assert len(parents) == 2 and {r.info.status for r in parents} == {"FINISHED"}
+    b_parent = next(r for r in parents if r.info.run_id != check_tree_parent(c, "sweep-a"))
+    folds = c.search_runs(
+        [b_parent.info.experiment_id], f"tags.sweep_id = '{b_parent.info.run_id}' and tags.level = 'fold'"
+    )
+    assert len(folds) == 2
+    for f in folds:
+        assert [m.step for m in c.get_metric_history(f.info.run_id, "val_bone_dice")] == [0, 1]
+
+    # the registered model, from a fresh cache, through the server's artifact proxy
+    seg_env = {**env, "BONESEG_CACHE": str(tmp_path / "fresh-cache")}
+    ct = tiny_ct(tiny_pipeline)
+    r = subprocess.run(
+        boneseg_cmd(
+            a_dir / "params.yaml",
+            "segment",
+            "--input",
+            str(ct),
+            "--output",
+            str(tmp_path / "seg.nii.gz"),
+            "--model",
+            "models:/boneseg/1",
+        ),
+        cwd=tmp_path,
+        env=seg_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "seg.nii.gz").is_file() and any((tmp_path / "fresh-cache").rglob("*.pt"))
+    no_secret_anywhere(team, [out_a, out_b1, out_b2, r.stdout, r.stderr], [a_dir, b_dir])
+
+
+def check_tree_parent(c, storage_prefix: str) -> str:
+    exp = c.get_experiment_by_name("boneseg").experiment_id
+    for r in c.search_runs([exp], "tags.kind = 'sweep'"):
+        if f"/{storage_prefix}/" in r.data.tags.get("ray_storage_path", ""):
+            return r.info.run_id
+    raise AssertionError(f"no sweep with storage {storage_prefix}")
+
+
+def tiny_ct(cfg) -> Path:
+    return next(Path(cfg.data.raw_dir).glob("abdomen/*/ct.nii.gz"))
+
+
+def secrets_of(team) -> list[str]:
+    s = team["secrets"]
+    return [
+        s[k]
+        for k in (
+            "PG_SUPERUSER_PASSWORD",
+            "PG_MLFLOW_PASSWORD",
+            "S3_SECRET_KEY",
+            "MLFLOW_ADMIN_PASSWORD",
+            "MLFLOW_USER_PASSWORD",
+            "MLFLOW_FLASK_SECRET",
+        )
+    ]
+
+
+def no_secret_anywhere(team, texts: list[str], folders: list[Path]) -> None:
+    """No credential in the logs, the working folders, the repository, PostgreSQL or the S3 objects."""
+    secrets = secrets_of(team)
+    state = team["state"]
+    blobs = {"driver output": "\n".join(texts), "stack output": "\n".join(team["logs"])}
+    for log in (state / "logs").glob("*.log"):
+        blobs[str(log)] = log.read_text(errors="replace")
+    for folder in [*folders, ROOT / "infra", ROOT / "platform", ROOT / "params.yaml"]:
+        files = [folder] if folder.is_file() else [p for p in folder.rglob("*") if p.is_file()]
+        for f in files:
+            if state not in f.parents and ".venv" not in f.parts and "__pycache__" not in f.parts:
+                blobs[str(f)] = f.read_bytes().decode(errors="replace")
+    s = team["secrets"]
+    blobs["postgres dump"] = subprocess.run(
+        ["pg_dump", "-h", "127.0.0.1", "-p", s["PG_PORT"], "-U", "postgres", "mlflow"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PGPASSWORD": s["PG_SUPERUSER_PASSWORD"]},
+    ).stdout
+    client = s3(team)
+    for bucket in ("mlflow", "ray"):
+        for key in keys(team, bucket):
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            blobs[f"s3://{bucket}/{key}"] = body.decode(errors="replace")
+    hits = [
+        (where, secret[:4] + "...") for where, text in blobs.items() for secret in secrets if secret in text
+    ]
+    assert not hits, hits
+    assert len(blobs) > 50
+
+
+def test_dvc_push_then_pull_in_a_fresh_clone_is_byte_identical(team, client_env, tmp_path):
+    c = team["client"]
+    env = {k: v for k, v in client_env.items() if not k.startswith("AWS_")}  # keys only in config.local
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def run(*cmd, cwd=repo):
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=True)
+
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "t@example.invalid")
+    run("git", "config", "user.name", "t")
+    dvc = str(BIN / "dvc")
+    run(dvc, "init", "-q")
+    (repo / "data").mkdir()
+    payload = os.urandom(300_000)
+    (repo / "data/ct.nii.gz").write_bytes(payload)
+    run(dvc, "add", "-q", "data/ct.nii.gz")
+    run(dvc, "remote", "add", "-d", "team", "s3://dvc/test-repo")
+    run(dvc, "remote", "modify", "team", "endpointurl", c["AWS_ENDPOINT_URL"])
+    for key, var in (("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY")):
+        run(dvc, "remote", "modify", "--local", "team", key, c[var])
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "data")
+    run(dvc, "push", "-q")
+    assert any(k.startswith("test-repo/") for k in keys(team, "dvc"))
+    committed = run("git", "show", "HEAD:.dvc/config").stdout
+    assert c["AWS_SECRET_ACCESS_KEY"] not in committed and "endpointurl" in committed
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(repo), str(clone), cwd=tmp_path)
+    for key, var in (("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY")):
+        run(dvc, "remote", "modify", "--local", "team", key, c[var], cwd=clone)
+    run(dvc, "pull", "-q", cwd=clone)
+    assert (clone / "data/ct.nii.gz").read_bytes() == payload
+    # a wrong key is refused, and says so
+    run(dvc, "remote", "modify", "--local", "team", "secret_access_key", "wrong", cwd=clone)
+    (clone / "data/ct.nii.gz").unlink()
+    shutil.rmtree(clone / ".dvc/cache", ignore_errors=True)
+    bad = subprocess.run([dvc, "pull"], cwd=clone, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "Forbidden" in bad.stderr and "failed to pull" in bad.stderr
