@@ -75,11 +75,12 @@ def free_port(taken: set[int]) -> int:
 
 
 def read_env(path: Path) -> dict[str, str]:
+    """KEY=value lines (values shell-quoted or bare), as team.env and client.env hold them."""
     out = {}
     for line in path.read_text().splitlines():
         if "=" in line and not line.startswith("#"):
             k, v = line.split("=", 1)
-            out[k] = v
+            out[k] = (shlex.split(v) or [""])[0]
     return out
 
 
@@ -161,14 +162,15 @@ def wait_for(what: str, check, timeout: float, proc: subprocess.Popen | None = N
     sys.exit(f"stack: {what} did not come up (see {log}).\n{tail}")
 
 
-def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
+def http_status(url: str, auth: tuple[str, str] | None = None, timeout: float = 3) -> int:
+    """The HTTP status of a GET (0: no answer), with basic auth if given."""
     req = urllib.request.Request(url)
     if auth:
         import base64
 
         req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
     try:
-        with urllib.request.urlopen(req, timeout=3) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -317,7 +319,9 @@ def start_mlflow(state: Path, env: dict[str, str]) -> None:
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = postgresql+psycopg2://mlflow@127.0.0.1:{env['PG_PORT']}/mlflow_auth\n"
         "admin_username = admin\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # one worker, so a password change through the API is seen at once (bench/tracking_load.py)
+        f"auth_cache_ttl_seconds = {os.environ.get('BONESEG_TEAM_AUTH_CACHE_S', '60')}\n",
     )
     log = state / "logs/mlflow.log"
     log.parent.mkdir(exist_ok=True)

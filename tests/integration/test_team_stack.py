@@ -11,8 +11,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -27,15 +25,8 @@ from boneseg.sweep.driver import run_sweep
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 STACK = [sys.executable, str(ROOT / "infra/team/stack.py")]
-
-
-def read_env(path: Path) -> dict:
-    out = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            k, v = line.split("=", 1)
-            out[k] = v.strip("'")
-    return out
+sys.path.insert(0, str(ROOT / "infra/team"))
+from stack import http_status, read_env  # noqa: E402  (the stack's own env reader and HTTP probe)
 
 
 def stack(*args, state: Path) -> subprocess.CompletedProcess:
@@ -81,19 +72,6 @@ def client_env(team, monkeypatch):
     return {**os.environ}
 
 
-def http_code(url: str, user: str | None = None, password: str | None = None) -> int:
-    req = urllib.request.Request(url)
-    if user:
-        import base64
-
-        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def psql(team, sql: str) -> str:
     s = team["secrets"]
     return subprocess.run(
@@ -132,9 +110,9 @@ def team_cfg(base, tmp_path, team, prefix: str):
 def test_auth_and_preflight_name_the_failing_service(team, client_env, tiny_pipeline, tmp_path, monkeypatch):
     url = team["client"]["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
     user, pw = team["client"]["MLFLOW_TRACKING_USERNAME"], team["client"]["MLFLOW_TRACKING_PASSWORD"]
-    assert http_code(url) == 401
-    assert http_code(url, user, "wrong-" + pw) == 401
-    assert http_code(url, user, pw) == 200
+    assert http_status(url, timeout=10) == 401
+    assert http_status(url, (user, "wrong-" + pw), 10) == 401
+    assert http_status(url, (user, pw), 10) == 200
     with pytest.raises(Exception, match="SignatureDoesNotMatch|InvalidAccessKeyId|AccessDenied"):
         s3(team, secret="wrong-secret").list_objects_v2(Bucket="mlflow")
     monkeypatch.chdir(tmp_path)
@@ -388,3 +366,26 @@ def test_dvc_push_then_pull_in_a_fresh_clone_is_byte_identical(team, client_env,
     shutil.rmtree(clone / ".dvc/cache", ignore_errors=True)
     bad = subprocess.run([dvc, "pull"], cwd=clone, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "Forbidden" in bad.stderr and "failed to pull" in bad.stderr
+
+
+def test_runs_artifacts_and_dvc_objects_survive_down_and_up(team, client_env):
+    """Last in this module: the whole stack stopped (no process left) and started again."""
+    runs = psql(team, "select count(*) from runs").strip()
+    objects = {b: sorted(keys(team, b)) for b in ("mlflow", "dvc", "ray")}
+    assert int(runs) >= 4 and all(objects.values())
+    t0 = time.time()
+    stack("down", state=team["state"])
+    down_s = time.time() - t0
+    left = subprocess.run(["pgrep", "-af", str(team["state"])], capture_output=True, text=True).stdout
+    assert not left.strip(), f"processes left behind: {left}"
+    t0 = time.time()
+    assert "stack: up in" in stack("up", state=team["state"]).stdout
+    print(
+        f"\nteam stack restart: down {down_s:.1f} s, up {time.time() - t0:.1f} s "
+        f"(first up {team['start_s']:.1f} s)"
+    )
+    assert psql(team, "select count(*) from runs").strip() == runs
+    assert {b: sorted(keys(team, b)) for b in objects} == objects
+    c = mlflow.MlflowClient(team["client"]["MLFLOW_TRACKING_URI"])
+    assert len(c.search_runs([c.get_experiment_by_name("boneseg").experiment_id])) == int(runs)
+    assert c.get_model_version("boneseg", "1").status == "READY"
