@@ -18,11 +18,16 @@ def resolve_device(tc: TrainConfig) -> torch.device:
 
 
 def autocast_args(tc: TrainConfig, device: torch.device) -> dict:
-    """fp16/bf16 autocast on CUDA; fp32 on CPU (bf16 autocast is 10-70x slower on these CPUs)."""
-    if device.type != "cuda" or tc.amp == "off":
+    """train.amp as torch.autocast's arguments, one path for every device:
+    - fp16 / bf16: that autocast dtype on whatever device the run uses (CPU too, as the
+      tests do: on these CPUs it is slow, 10-70x for bf16, but it runs);
+    - auto: bf16 on CUDA where supported, else fp16; fp32 on CPU;
+    - off: fp32."""
+    if tc.amp == "off" or (tc.amp == "auto" and device.type != "cuda"):
         return {"device_type": device.type, "enabled": False}
     use_bf16 = tc.amp == "bf16" or (tc.amp == "auto" and torch.cuda.is_bf16_supported())
-    return {"device_type": "cuda", "dtype": torch.bfloat16 if use_bf16 else torch.float16, "enabled": True}
+    dtype = torch.bfloat16 if use_bf16 else torch.float16
+    return {"device_type": device.type, "dtype": dtype, "enabled": True}
 
 
 def amp_name(autocast: dict) -> str:
@@ -46,8 +51,8 @@ def place_model(model: torch.nn.Module, device: torch.device, channels_last: boo
 
 
 def grad_scaler(autocast: dict) -> torch.amp.GradScaler:
-    """Loss scaling only for fp16 (bf16 and fp32 need none)."""
-    return torch.amp.GradScaler("cuda", enabled=autocast.get("dtype") == torch.float16)
+    """Loss scaling only for fp16 (bf16 and fp32 need none), on the run's device."""
+    return torch.amp.GradScaler(autocast["device_type"], enabled=autocast.get("dtype") == torch.float16)
 
 
 def seed_everything(seed: int) -> None:

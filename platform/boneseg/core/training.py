@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,9 +113,29 @@ def make_loader(ds, tc: TrainConfig, epoch: int, seed: int) -> DataLoader:
     )
 
 
+def scaled_step(opt, sched, scaler) -> bool:
+    """Optimizer step through the loss scaler, then the one-cycle step (every batch, so the
+    schedule stays aligned with the batches). True if the scaler skipped the step (inf/NaN
+    gradients in fp16): PyTorch would then warn that the scheduler stepped before the
+    optimizer, which here is the intended order, so that one warning is silenced."""
+    if not scaler.is_enabled():
+        opt.step()
+        sched.step()
+        return False
+    scale = scaler.get_scale()
+    scaler.step(opt)
+    scaler.update()
+    skipped = scaler.get_scale() < scale
+    with warnings.catch_warnings():
+        if skipped:
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        sched.step()
+    return skipped
+
+
 def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, autocast: dict) -> dict:
     model.train()
-    total, n, t0 = 0.0, 0, time.perf_counter()
+    total, n, t0, skipped = 0.0, 0, time.perf_counter(), 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if tc.patch_size:
@@ -128,14 +149,15 @@ def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, auto
         loss = segmentation_loss(logits, y, tc.loss, tc.ce_weight)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        skipped += scaled_step(opt, sched, scaler)
         total += loss.detach().item() * x.shape[0]
         n += x.shape[0]
     secs = time.perf_counter() - t0
-    return {"train_loss": total / max(n, 1), "images_per_s": n / max(secs, 1e-9), "train_seconds": secs,
-            "lr": float(sched.get_last_lr()[0])}
+    out = {"train_loss": total / max(n, 1), "images_per_s": n / max(secs, 1e-9), "train_seconds": secs,
+           "lr": float(sched.get_last_lr()[0])}
+    if scaler.is_enabled():  # fp16: steps the scaler skipped (inf/NaN gradients)
+        out["amp_skipped_steps"] = skipped
+    return out
 
 
 def validates(epoch: int, tc: TrainConfig) -> bool:

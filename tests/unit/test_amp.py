@@ -1,0 +1,149 @@
+"""The AMP path, run on CPU with a tiny model: the same code (`runtime.autocast_args`,
+`runtime.grad_scaler`, `training.train_epoch`, checkpoints) that serves CUDA."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from boneseg.core.config import TrainConfig
+from boneseg.core.inference import predict_slices
+from boneseg.core.runtime import amp_name, autocast_args, grad_scaler
+from boneseg.core.training import make_optim, maybe_resume, save_checkpoint, train_epoch
+
+CPU = torch.device("cpu")
+
+
+def tiny_net(seed=0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 1))
+
+
+def batches(n=4, seed=0):
+    """Fixed (x, y) batches: the label follows the middle channel's intensity bands."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.rand(4, 3, 16, 16, generator=g)
+        y = (x[:, 1] * 5).long().clamp(max=4)
+        out.append((x, y))
+    return out
+
+
+def cfg(amp: str) -> TrainConfig:
+    return TrainConfig(amp=amp, patch_size=None, augment=False, channels_last=False, lr=1e-2, epochs=6)
+
+
+def setup(amp: str, seed=0, epochs=6, n_batches=4):
+    tc = cfg(amp).model_copy(update={"epochs": epochs})
+    autocast = autocast_args(tc, CPU)
+    model = tiny_net(seed)
+    opt, sched = make_optim(model, tc, n_batches, epochs)
+    return tc, autocast, model, opt, sched, grad_scaler(autocast)
+
+
+def test_explicit_amp_is_honoured_on_cpu_and_auto_keeps_fp32():
+    fp16, bf16 = autocast_args(cfg("fp16"), CPU), autocast_args(cfg("bf16"), CPU)
+    assert fp16 == {"device_type": "cpu", "dtype": torch.float16, "enabled": True}
+    assert bf16 == {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": True}
+    assert not autocast_args(cfg("auto"), CPU)["enabled"] and not autocast_args(cfg("off"), CPU)["enabled"]
+    assert (amp_name(fp16), amp_name(bf16), amp_name(autocast_args(cfg("auto"), CPU))) == \
+        ("float16", "bfloat16", "fp32")
+    scaler = grad_scaler(fp16)
+    assert scaler.is_enabled() and scaler._device == "cpu"
+    assert not grad_scaler(bf16).is_enabled()  # bf16 has fp32's range: no loss scaling
+    assert not grad_scaler(autocast_args(cfg("auto"), CPU)).is_enabled()
+
+
+def test_fp16_autocast_with_grad_scaler_lowers_the_loss_as_fp32_does():
+    data, curves = batches(), {}
+    for amp in ("fp16", "off"):
+        tc, autocast, model, opt, sched, scaler = setup(amp, epochs=20)
+        curves[amp] = [train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)["train_loss"]
+                       for _ in range(20)]
+        if amp == "fp16":
+            assert scaler.is_enabled() and scaler.get_scale() >= 2.0**10  # the loss really was scaled
+    fp16, fp32 = np.array(curves["fp16"]), np.array(curves["off"])
+    assert fp16[-1] < 0.5 * fp16[0], fp16
+    np.testing.assert_allclose(fp16, fp32, rtol=0.03)  # the same descent, to fp16's precision
+
+
+def test_bf16_trains_without_a_scaler():
+    tc, autocast, model, opt, sched, scaler = setup("bf16", epochs=6)
+    assert not scaler.is_enabled()
+    data = batches()
+    first = train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+    for _ in range(5):
+        last = train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+    assert last["train_loss"] < first["train_loss"] and "amp_skipped_steps" not in last
+
+
+def test_scaler_state_is_checkpointed_and_resume_is_bit_exact(tmp_path):
+    data = batches()
+    tc, autocast, model, opt, sched, scaler = setup("fp16", epochs=4)
+    for _ in range(4):
+        train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+
+    tc, autocast, model, opt, sched, scaler = setup("fp16", epochs=4)
+    for _ in range(2):
+        train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+    save_checkpoint(tmp_path / "c.pt", fingerprint="f", epoch=1, model=model.state_dict(),
+                    optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
+                    rng={"python": __import__("random").getstate(), "numpy": np.random.get_state(),
+                         "torch": torch.get_rng_state()}, history=[])
+    saved = torch.load(tmp_path / "c.pt", weights_only=False)["scaler"]
+    assert saved["scale"] == scaler.get_scale() and saved["_growth_tracker"] == scaler._get_growth_tracker()
+
+    tc, autocast, model, opt, sched, scaler = setup("fp16", seed=9, epochs=4)  # other weights: overwritten
+    _, start = maybe_resume(tmp_path / "c.pt", "f", model, opt, sched, scaler)
+    assert start == 2 and scaler.get_scale() == saved["scale"]
+    for _ in range(2):
+        train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, straight[k]), k
+
+
+def test_an_inf_gradient_skips_that_step_keeps_the_schedule_aligned_and_warns_nothing():
+    tc, autocast, model, opt, sched, scaler = setup("fp16", epochs=2, n_batches=4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # no natural overflow: only the injected one
+    poisoned = {"left": 1}
+
+    def poison(grad):
+        if poisoned["left"]:
+            poisoned["left"] -= 1
+            return torch.full_like(grad, float("inf"))
+        return grad
+
+    weight = model[0].weight
+    hook = weight.register_hook(poison)
+    before, scale0 = weight.detach().clone(), scaler.get_scale()
+    data = batches(1)  # one batch: the first step of the run, where PyTorch's warning would fire
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+    hook.remove()
+    assert out["amp_skipped_steps"] == 1
+    assert torch.equal(weight.detach(), before)  # the optimizer step was skipped
+    assert scaler.get_scale() == scale0 / 2  # and the scale backed off
+    assert sched.last_epoch == 1  # the one-cycle schedule still advanced with the batch
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "lr_scheduler.step()" in m], messages
+    more = train_epoch(model, batches(3, seed=1), opt, sched, scaler, tc, CPU, autocast)
+    assert more["amp_skipped_steps"] == 0 and not torch.equal(weight.detach(), before)
+    assert sched.last_epoch == 4  # every batch stepped it once: aligned with the optimizer's step count
+
+
+@pytest.mark.parametrize("amp, min_agree", [("fp16", 0.995), ("bf16", 0.98)])
+def test_evaluation_under_autocast_gives_the_fp32_argmax(amp, min_agree):
+    tc, autocast, model, opt, sched, scaler = setup("off", epochs=10)
+    data = batches()
+    for _ in range(10):
+        train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+    planes = np.random.default_rng(0).random((12, 16, 16), dtype=np.float32)  # (Z, S, S) windowed slices
+    ref = predict_slices(model, planes, CPU, {"device_type": "cpu", "enabled": False}, channels_last=False)
+    low = predict_slices(model, planes, CPU, autocast_args(cfg(amp), CPU), channels_last=False)
+    agree = float((ref.argmax(1) == low.argmax(1)).float().mean())
+    assert agree >= min_agree, agree
+    assert low.dtype == torch.float32  # logits come back as fp32 either way
