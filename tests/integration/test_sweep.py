@@ -393,3 +393,34 @@ def stop_processes_under(marker: Path) -> None:
     for p in mine:
         if p.is_running():
             p.kill()
+
+
+def test_four_quarter_gpu_trials_share_one_logical_gpu_and_fall_back_to_cpu(tiny_pipeline, tmp_path):
+    """sweep.gpus_per_trial 0.25 on a node with one (logical, CUDA-less) GPU: four trials at
+    once, each on half a CPU thread share, each saying once that it runs on CPU."""
+    port = free_port()
+    tmp_ray = Path("/tmp") / f"bsgpu{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
+    try:
+        head = [str(BIN / "ray"), "start", "--head", "--port", str(port), "--num-cpus", "2",
+                "--num-gpus", "1",
+                "--temp-dir", str(tmp_ray), "--include-dashboard", "false", "--disable-usage-stats"]
+        subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
+        cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random", "single-random"),
+                        cpus_per_trial=0.5, gpus_per_trial=0.25)
+        params = tmp_path / "params.yaml"
+        params.write_text(to_yaml(cfg))
+        r = subprocess.run(boneseg_cmd(params, "sweep", "--address", f"127.0.0.1:{port}"), cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "4 trials, 0.5 CPU / 0.25 GPU each" in r.stdout
+        c, runs = check_tree(cfg.tracking.uri, list(cfg.sweep.variants), 2)
+        folds = runs["fold"]
+        assert {f.data.params["device"] for f in folds} == {"cpu"}
+        notes = [ln for ln in r.stdout.splitlines() if "sees no CUDA device; it runs on CPU" in ln]
+        assert len(notes) == 4 and len({ln.split()[2] for ln in notes}) == 4  # once per trial
+        # all four ran at the same time: every trial started before the first one ended
+        assert max(f.info.start_time for f in folds) < min(f.info.end_time for f in folds)
+    finally:
+        stop_processes_under(tmp_ray)

@@ -110,6 +110,10 @@ class Tracker(tune.Callback):
             return
         if rid not in self._started:  # idempotent: a resumed run keeps its logged params
             self._started.add(rid)
+            gpus = self.args[0]["sweep"]["gpus_per_trial"]
+            if gpus and not str(result.get("device", "")).startswith("cuda"):  # said once per trial
+                log(f"note    {variant}/fold{fold}: Ray gave it {gpus:g} GPU but it sees no CUDA device; "
+                    "it runs on CPU")
             classes, init = VARIANTS[variant]
             self.runs.start_fold(rid, {"variant": variant, "fold": fold, "classes": classes, "init": init,
                                        "device": result.get("device", "?"), "amp": result.get("amp", "?"),
