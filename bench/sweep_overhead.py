@@ -28,7 +28,8 @@ from boneseg.core.dataset import SliceDataset
 from boneseg.core.losses import segmentation_loss
 from boneseg.core.models import build_model
 from boneseg.core.runtime import seed_everything
-from boneseg.core.training import make_loader, make_optim
+from boneseg.core.dataset import make_loader
+from boneseg.core.training import make_optim
 cfg = load_config("params.yaml", overrides=json.loads(sys.argv[1]))
 steps, threads = int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)

@@ -144,6 +144,8 @@ class TrainConfig(_Strict):
         96, description="train on random patch_size x patch_size windows of each slice (null: whole slices); "
                           "validation and inference always see whole slices")
     num_workers: int = Field(0, ge=0)
+    data_on_device: bool | Literal["auto"] = Field(
+        "auto", description="training slices on the device, batches gathered there (auto: CUDA, if they fit)")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0

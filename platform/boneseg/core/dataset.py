@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from boneseg.core.config import TrainConfig
 from boneseg.core.labelmap import merge_classes, merge_soft_classes
 from boneseg.core.layout import SLICE_IMAGE, TARGET_FILES, load_index
 from boneseg.core.preprocess import stack_25d
@@ -68,3 +69,18 @@ class SliceDataset(Dataset):
         return torch.from_numpy(stack_25d(image, z)[0]), training_targets(
             label[z], self.classes, self.targets
         )
+
+
+def make_loader(ds, tc: TrainConfig, epoch: int, seed: int) -> DataLoader:
+    # a fresh generator per epoch: the shuffle order depends on (seed, epoch) only, so a
+    # resumed run sees exactly the batches an uninterrupted one would
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return DataLoader(
+        ds,
+        batch_size=tc.batch_size,
+        shuffle=True,
+        generator=g,
+        drop_last=len(ds) >= tc.batch_size,
+        num_workers=tc.num_workers,
+        persistent_workers=False,
+    )

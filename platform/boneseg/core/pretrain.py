@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from boneseg.core.config import Config
-from boneseg.core.dataset import SliceDataset
+from boneseg.core.dataset import SliceDataset, make_loader
 from boneseg.core.io import atomic_path, write_json
 from boneseg.core.labelmap import n_classes
 from boneseg.core.layout import load_index
 from boneseg.core.models import build_model
 from boneseg.core.runtime import grad_scaler, place_model, prepare_runtime, seed_everything
-from boneseg.core.training import make_loader, make_optim, train_epoch
+from boneseg.core.training import make_optim, train_epoch
 from boneseg.errors import DataError
 
 

@@ -3,6 +3,7 @@ seeds and the RNG state that checkpoints carry. One path for CPU and CUDA."""
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -53,6 +54,26 @@ def place_model(model: torch.nn.Module, device: torch.device, channels_last: boo
 def grad_scaler(autocast: dict) -> torch.amp.GradScaler:
     """Loss scaling only for fp16 (bf16 and fp32 need none), on the run's device."""
     return torch.amp.GradScaler(autocast["device_type"], enabled=autocast.get("dtype") == torch.float16)
+
+
+def scaled_step(opt, sched, scaler) -> bool:
+    """Optimizer step through the loss scaler, then the one-cycle step (every batch, so the
+    schedule stays aligned with the batches). True if the scaler skipped the step (inf/NaN
+    gradients in fp16): PyTorch would then warn that the scheduler stepped before the
+    optimizer, which here is the intended order, so that one warning is silenced."""
+    if not scaler.is_enabled():
+        opt.step()
+        sched.step()
+        return False
+    scale = scaler.get_scale()
+    scaler.step(opt)
+    scaler.update()
+    skipped = scaler.get_scale() < scale
+    with warnings.catch_warnings():
+        if skipped:
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        sched.step()
+    return skipped
 
 
 def seed_everything(seed: int) -> None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from boneseg.core.augment import augment, random_crop
 from boneseg.core.config import VARIANTS, Config, TrainConfig
-from boneseg.core.dataset import SliceDataset
+from boneseg.core.dataset import SliceDataset, make_loader
+from boneseg.core.device_data import DeviceSlices, use_device_data
 from boneseg.core.evaluation import validate
 from boneseg.core.io import atomic_path, write_json
 from boneseg.core.labelmap import n_classes
@@ -33,6 +32,7 @@ from boneseg.core.runtime import (
     place_model,
     prepare_runtime,
     rng_state,
+    scaled_step,
     seed_everything,
     set_rng_state,
 )
@@ -58,7 +58,7 @@ def trial_fingerprint(cfg: Config, variant: str, fold: int) -> str:
     keys = {
         "variant": variant,
         "fold": fold,
-        "train": cfg.train.model_dump(exclude={"out_dir", "num_workers", "device"}),
+        "train": cfg.train.model_dump(exclude={"out_dir", "num_workers", "device", "data_on_device"}),
         "model": cfg.model.model_dump(),
         "data": {"image_size": cfg.data.image_size, "window": cfg.data.window},
     }
@@ -96,41 +96,6 @@ def make_optim(model, tc: TrainConfig, steps_per_epoch: int, epochs: int):
         opt, max_lr=tc.lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct,
         div_factor=tc.div_factor, final_div_factor=tc.final_div_factor)
     return opt, sched
-
-
-def make_loader(ds, tc: TrainConfig, epoch: int, seed: int) -> DataLoader:
-    # a fresh generator per epoch: the shuffle order depends on (seed, epoch) only, so a
-    # resumed run sees exactly the batches an uninterrupted one would
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return DataLoader(
-        ds,
-        batch_size=tc.batch_size,
-        shuffle=True,
-        generator=g,
-        drop_last=len(ds) >= tc.batch_size,
-        num_workers=tc.num_workers,
-        persistent_workers=False,
-    )
-
-
-def scaled_step(opt, sched, scaler) -> bool:
-    """Optimizer step through the loss scaler, then the one-cycle step (every batch, so the
-    schedule stays aligned with the batches). True if the scaler skipped the step (inf/NaN
-    gradients in fp16): PyTorch would then warn that the scheduler stepped before the
-    optimizer, which here is the intended order, so that one warning is silenced."""
-    if not scaler.is_enabled():
-        opt.step()
-        sched.step()
-        return False
-    scale = scaler.get_scale()
-    scaler.step(opt)
-    scaler.update()
-    skipped = scaler.get_scale() < scale
-    with warnings.catch_warnings():
-        if skipped:
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-        sched.step()
-    return skipped
 
 
 def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, autocast: dict) -> dict:
@@ -228,7 +193,15 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
     ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
     if len(ds) == 0:
         raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
-    steps = len(make_loader(ds, tc, 0, tc.seed))
+    on_device = use_device_data(tc.data_on_device, ds, device)
+    slices = DeviceSlices(ds, device) if on_device else None
+
+    def loader(epoch: int):  # the same batches either way (core/device_data.py)
+        if slices is not None:
+            return slices.batches(tc.batch_size, epoch, tc.seed)
+        return make_loader(ds, tc, epoch, tc.seed)
+
+    steps = len(loader(0))
     opt, sched = make_optim(model, tc, steps, tc.epochs)
     scaler = grad_scaler(autocast)
     fingerprint = trial_fingerprint(cfg, variant, fold)
@@ -246,6 +219,7 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
         "val_cases": val_cases,
         "test_cases": test_cases,
         "steps_per_epoch": steps,
+        "data_on_device": on_device,
         "resumed_from_epoch": start,
     }
     for cb in callbacks:
@@ -253,7 +227,7 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
     info["setup_seconds"] = time.perf_counter() - t_start
     last_val = None  # (summary, rows) of the model as it stands, if validated after its last epoch
     for epoch in range(start, tc.epochs):
-        tr = train_epoch(model, make_loader(ds, tc, epoch, tc.seed), opt, sched, scaler, tc, device, autocast)
+        tr = train_epoch(model, loader(epoch), opt, sched, scaler, tc, device, autocast)
         metrics, last_val = {"epoch": epoch, **tr}, None
         if validates(epoch, tc):
             t = time.perf_counter()
