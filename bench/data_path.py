@@ -71,7 +71,7 @@ def main() -> None:
             for e in range(epochs):
                 yield from make_loader(ds, tc, e, 0)
 
-        dev = DeviceSlices(ds, torch.device("cpu"))
+        dev = DeviceSlices.from_dataset(ds, torch.device("cpu"))
 
         def device_batches():
             for e in range(epochs):

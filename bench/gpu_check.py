@@ -213,12 +213,10 @@ def data_rate(dev, size: int, batch: int, batches: int) -> dict:
     from boneseg.core.augment import augment
     from boneseg.core.device_data import DeviceSlices
 
-    d = DeviceSlices.__new__(DeviceSlices)  # the tensors directly: no files needed for a rate
-    n = 512
-    d.device, d.classes, d.soft = dev, "multi", False
-    d.images = torch.rand(n, size, size, device=dev).half()
-    d.targets = torch.randint(0, 5, (n, size, size), device=dev, dtype=torch.uint8)
-    d.nbr = torch.clamp(torch.arange(n, device=dev)[:, None] + torch.tensor([-1, 0, 1], device=dev), 0, n - 1)
+    n = 512  # the tensors directly: no files needed for a rate
+    nbr = torch.clamp(torch.arange(n)[:, None] + torch.tensor([-1, 0, 1]), 0, n - 1)
+    targets = torch.randint(0, 5, (n, size, size), dtype=torch.uint8)
+    d = DeviceSlices(torch.rand(n, size, size).half(), targets, nbr, "multi", False, dev)
     out = {}
     for aug in (False, True):
         it = iter(d.batches(batch, 0, 0))

@@ -22,7 +22,7 @@ def train_cases(cfg):
 def test_device_batches_equal_the_dataloaders(tiny_pipeline, classes, targets):
     ds = SliceDataset(tiny_pipeline.data.slices_dir, train_cases(tiny_pipeline), classes, targets)
     tc = tiny_pipeline.train.model_copy(update={"batch_size": 3})
-    dev = DeviceSlices(ds, CPU)
+    dev = DeviceSlices.from_dataset(ds, CPU)
     assert len(dev) == len(ds) and dev.images.dtype == torch.float16
     for epoch in (0, 1):
         n = 0
@@ -47,7 +47,8 @@ def test_a_trained_epoch_is_bit_identical_with_crops_and_augmentation(tiny_pipel
     for path in ("loader", "device"):
         torch.manual_seed(0)
         net, _ = build_model(5, "none")
-        loader = make_loader(ds, tc, 0, 0) if path == "loader" else DeviceSlices(ds, CPU).batches(2, 0, 0)
+        loader = (make_loader(ds, tc, 0, 0) if path == "loader"
+                  else DeviceSlices.from_dataset(ds, CPU).batches(2, 0, 0))
         opt, sched = make_optim(net, tc, len(loader), 2)
         torch.manual_seed(1)  # crops and augmentation draw from here, on either path
         out = train_epoch(net, loader, opt, sched, grad_scaler(auto), tc, CPU, auto)

@@ -25,20 +25,29 @@ FIT_MARGIN = 0.5  # auto: the slices may take at most half of the device's free 
 class DeviceSlices:
     """`SliceDataset`'s slices as two device tensors; `batches(...)` is an epoch's loader."""
 
-    def __init__(self, ds: SliceDataset, device: torch.device):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, nbr: torch.Tensor, classes: str,
+                 soft: bool, device: torch.device):
+        self.device, self.classes, self.soft = device, classes, soft
+        self.images = images.to(device)  # (N, S, S) float16
+        self.targets = targets.to(device)  # (N, S, S) uint8 ids or (N, 5, S, S) uint8 x255
+        self.nbr = nbr.to(device)  # (N, 3): each slice's (z-1, z, z+1) rows
+        self._half = None  # gather's float16 staging buffer, made on first use
+
+    @classmethod
+    def from_dataset(cls, ds: SliceDataset, device: torch.device) -> DeviceSlices:
+        """Every slice of `ds`'s cases, read whole once."""
         images, targets, nbr, offset = [], [], [], 0
         for case in ds.cases:
             d = ds.root / case
             image = np.load(d / SLICE_IMAGE, mmap_mode="r")
-            images.append(torch.from_numpy(np.array(image)))  # read whole, once
+            images.append(torch.from_numpy(np.array(image)))
             targets.append(torch.from_numpy(np.array(open_targets(d, ds.targets))))
             nbr.append(torch.from_numpy(neighbours_25d(np.arange(image.shape[0]), image.shape[0]) + offset))
             offset += image.shape[0]
-        self.device, self.classes, self.soft = device, ds.classes, ds.targets == "soft"
-        self.images = torch.cat(images).to(device)  # (N, S, S) float16
-        self.targets = torch.cat(targets).to(device)  # (N, S, S) uint8 ids or (N, 5, S, S) uint8 x255
-        self.nbr = torch.cat(nbr).to(device)  # (N, 3): each slice's (z-1, z, z+1) rows
-        assert len(self.nbr) == len(ds), "the slice index and the arrays disagree"
+        out = cls(torch.cat(images), torch.cat(targets), torch.cat(nbr), ds.classes, ds.targets == "soft",
+                  device)
+        assert len(out) == len(ds), "the slice index and the arrays disagree"
+        return out
 
     def __len__(self) -> int:
         return len(self.nbr)
@@ -61,7 +70,7 @@ class DeviceSlices:
         if out is None:
             x = self.images[rows].float().view(len(idx), 3, *self.images.shape[1:])
         else:  # reused buffers: no new 40 MB allocation (and its page faults on CPU) per batch
-            half = self._half = getattr(self, "_half", None)
+            half = self._half
             if half is None or half.shape[0] < len(rows):
                 half = self._half = torch.empty((len(rows), *self.images.shape[1:]), dtype=self.images.dtype,
                                                 device=self.device)

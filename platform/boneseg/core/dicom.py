@@ -119,7 +119,7 @@ def scan_series(root: str | os.PathLike) -> tuple[list[Series], int]:
 
 
 def is_dicom_folder(path: Path) -> bool:
-    """A folder with at least one DICOM file in it (or below it) and no NIfTI."""
+    """A folder with at least one DICOM file in it (or below it)."""
     if not path.is_dir():
         return False
     return any(is_dicom_file(p) for p in path.rglob("*") if p.is_file())

@@ -20,7 +20,14 @@ import numpy as np
 import boneseg
 from boneseg.core.config import Config
 from boneseg.core.dicom import DicomCT, read_ct_folder
-from boneseg.core.inference import LABEL_FILE, label_description, load_fold_models, segment_volume
+from boneseg.core.inference import (
+    LABEL_FILE,
+    bone_ml,
+    label_description,
+    load_fold_models,
+    output_ids,
+    segment_volume,
+)
 from boneseg.core.io import atomic_write_bytes, atomic_write_text
 from boneseg.core.labelmap import LABEL_COLOURS, LABEL_IDS
 from boneseg.core.nifti import Volume, is_nifti_name, save_volume, to_canonical
@@ -105,12 +112,11 @@ def segment_series(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], f
     dev, autocast = prepare_runtime(tc)
     models = load_fold_models(checkpoints, dev, folds, tc.channels_last)
     labels = segment_volume(models, ct.volume, dev, autocast, classes, tc.eval_batch_size)
-    ids = [1] if classes == "bone" or models[0].classes == "single" else [1, 2, 3, 4]
+    ids = output_ids(models, classes)
     if fmt == "nifti":  # the grid `boneseg import --layout dicom` gives the same series
         save_volume(to_canonical(Volume(labels, ct.volume.affine)), dst)
         atomic_write_text(dst.parent / LABEL_FILE, label_description(ids))
     else:
         write_seg(ct, labels, ids, model_ref, dst)
-    ml = float(np.prod(ct.volume.spacing)) / 1000.0
     return [{"output": str(dst), "shape": list(ct.volume.shape), "seconds": time.perf_counter() - t0,
-             "bone_ml": round(int((labels == 1).sum()) * ml, 2)}]
+             "bone_ml": bone_ml(labels, ct.volume.spacing)}]

@@ -16,7 +16,6 @@ header text).
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import os
 import shutil
@@ -26,16 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from boneseg.core.dicom import Series, read_series, scan_series
-from boneseg.core.io import atomic_write_bytes, atomic_write_text
-from boneseg.core.nifti import (
-    Volume,
-    load_ct,
-    load_labels,
-    save_volume,
-    strip_nifti_suffix,
-    to_canonical,
-    to_nifti_bytes,
-)
+from boneseg.core.io import atomic_write_text
+from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume, strip_nifti_suffix, to_canonical
 from boneseg.errors import DataError
 
 DEFAULT_ID_MAP = ".boneseg/import_idmap.json"
@@ -171,10 +162,9 @@ def refuse_or_skip(case: SourceCase, exc: DataError, skip_invalid: bool) -> str:
     return f"{case_name(case)}: {why}"
 
 
-def save_ct_fast(image: Volume, path: Path) -> None:
-    """ct.nii.gz at gzip level 1: CT noise makes level 6 ~7x slower for ~1.5 % smaller files
-    (bench/dicom_import.py). Still deterministic bytes (mtime 0), the same fresh header."""
-    atomic_write_bytes(path, gzip.compress(to_nifti_bytes(image.data, image.affine, gz=False), 1, mtime=0))
+# ct.nii.gz at gzip level 1: CT noise makes level 6 ~7x slower for ~1.5 % smaller files
+# (bench/dicom_import.py); still deterministic bytes (mtime 0), the same fresh header
+CT_GZIP_LEVEL = 1
 
 
 def stage_cases(cases, layout, staging: Path, skip_invalid: bool) -> tuple[list, list[str]]:
@@ -190,7 +180,7 @@ def stage_cases(cases, layout, staging: Path, skip_invalid: bool) -> tuple[list,
         image = to_canonical(image)
         image.data = np.round(image.data).astype(np.int16)
         d = staging / f"{n:05d}"
-        save_ct_fast(image, d / "ct.nii.gz")
+        save_volume(image, d / "ct.nii.gz", CT_GZIP_LEVEL)
         if labels is not None:
             save_volume(to_canonical(labels), d / "truth.nii.gz")
         ok.append((case, d))

@@ -152,6 +152,16 @@ def label_description(ids: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def output_ids(models: list[FoldModel], classes: str) -> list[int]:
+    """The label ids a segmentation can hold: bone only (single-class models, --classes bone) or 1-4."""
+    return [1] if classes == "bone" or models[0].classes == "single" else [1, 2, 3, 4]
+
+
+def bone_ml(labels: np.ndarray, spacing) -> float:
+    """The bone volume of a label map in ml (voxel volume from its spacing in mm)."""
+    return round(int((labels == 1).sum()) * float(np.prod(spacing)) / 1000.0, 2)
+
+
 def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     """(input, output) pairs: FILE -> FILE (or into a folder), DIR -> DIR by file name."""
     if inp.is_dir():
@@ -189,10 +199,9 @@ def segment_files(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], fo
         with tqdm(total=len(models), desc=dst.name, unit="model", disable=not progress, leave=False) as bar:
             labels = segment_volume(models, ct, dev, autocast, classes, tc.eval_batch_size, progress=bar)
         save_volume(Volume(labels, ct.affine), dst)
-        ml = float(np.prod(ct.spacing)) / 1000.0
         results.append({"output": str(dst), "shape": list(ct.shape), "seconds": time.perf_counter() - t0,
-                        "bone_ml": round(int((labels == 1).sum()) * ml, 2)})
-    ids = [1] if classes == "bone" or models[0].classes == "single" else [1, 2, 3, 4]
+                        "bone_ml": bone_ml(labels, ct.spacing)})
+    ids = output_ids(models, classes)
     for folder in {dst.parent for _, dst in pairs}:
         atomic_write_text(folder / LABEL_FILE, label_description(ids))
     return results

@@ -60,8 +60,8 @@ def strip_nifti_suffix(name: str) -> str:
     return name.removesuffix(".gz").removesuffix(".nii")
 
 
-def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, gz: bool) -> bytes:
-    """Serialise deterministically: fresh header, blank text fields, gzip with mtime=0."""
+def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, gz: bool, level: int = 6) -> bytes:
+    """Serialise deterministically: fresh header, blank text fields, gzip (`level`) with mtime=0."""
     img = nib.Nifti1Image(data, affine)
     hdr = img.header
     hdr.set_data_dtype(data.dtype)
@@ -72,14 +72,15 @@ def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, gz: bool) -> bytes:
     hdr.set_xyzt_units("mm", "sec")
     raw = img.to_bytes()
     # gzip's header stores a timestamp; mtime=0 makes equal volumes equal bytes.
-    return gzip.compress(raw, compresslevel=6, mtime=0) if gz else raw
+    return gzip.compress(raw, compresslevel=level, mtime=0) if gz else raw
 
 
-def save_volume(vol: Volume, path: str | os.PathLike) -> Path:
+def save_volume(vol: Volume, path: str | os.PathLike, level: int = 6) -> Path:
+    """`vol` as .nii or .nii.gz (gzip `level`), atomically."""
     path = Path(path)
     if not is_nifti_name(path):
         raise DataError(f"{path}: output must end in .nii or .nii.gz")
-    atomic_write_bytes(path, to_nifti_bytes(vol.data, vol.affine, _is_gz(path)))
+    atomic_write_bytes(path, to_nifti_bytes(vol.data, vol.affine, _is_gz(path), level))
     return path
 
 

@@ -194,7 +194,7 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
     if len(ds) == 0:
         raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
     on_device = use_device_data(tc.data_on_device, ds, device)
-    slices = DeviceSlices(ds, device) if on_device else None
+    slices = DeviceSlices.from_dataset(ds, device) if on_device else None
 
     def loader(epoch: int):  # the same batches either way (core/device_data.py)
         if slices is not None:
