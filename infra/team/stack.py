@@ -269,6 +269,7 @@ def start_seaweedfs(state: Path, env: dict[str, str]) -> None:
     b = env["BIND"]
     cmd = [
         str(BIN / "weed"),
+        f"-logdir={log.parent}",  # its own log files go beside ours, not into /tmp
         "mini",
         f"-dir={data}",
         f"-ip={'127.0.0.1' if b in ('0.0.0.0', '::') else b}",

@@ -102,7 +102,7 @@ def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkey
     assert out.out.count("sweep: done") == 4
     assert list(own_tmp.glob("ray/session_*")), "Ray did not use this test's temp folder"
     # Ray's session folder (never cleaned by Ray) and the trials' scratch hold no model or checkpoint
-    assert not list(own_tmp.rglob("*.pt")) and not list(own_tmp.glob("boneseg-*"))
+    assert not list(own_tmp.rglob("*.pt")) and not list(own_tmp.glob("boneseg-scratch/*"))
     c, runs = check_tree(cfg.tracking.uri, cfg.sweep.variants, 2)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for variant in cfg.sweep.variants:
@@ -224,7 +224,7 @@ def test_preflight_reports_each_problem_in_one_line(tiny_pipeline, tmp_path, mon
 
 @pytest.mark.parametrize("kind", ["raise", "sigkill"])
 def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(
-    kind, tiny_pipeline, tmp_path, monkeypatch
+    kind, tiny_pipeline, tmp_path, monkeypatch, own_tmp
 ):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -241,6 +241,8 @@ def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(
     summary = json.loads(c.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)) and
                          (tmp_path / "summary.json").read_text())
     assert summary["fold"] == 0
+    # a SIGKILLed worker cannot remove its scratch folder (checkpoint.pt): the retry removed it
+    assert not list(own_tmp.glob("boneseg-scratch/*"))
 
 
 def test_validation_every_k_epochs_checkpoints_there_and_a_retry_resumes_from_it(tiny_pipeline, tmp_path,
@@ -300,11 +302,12 @@ def boneseg_cmd(params, *args):
     return [str(BIN / "boneseg"), "--params", str(params), *args]
 
 
-def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path):
+def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path, own_tmp):
     cfg = sweep_cfg(tiny_pipeline, tmp_path, epochs=2)
     params = tmp_path / "params.yaml"
     params.write_text(to_yaml(cfg))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(TMPDIR=str(own_tmp), RAY_TMPDIR=str(own_tmp))
     first = subprocess.Popen(boneseg_cmd(params, "sweep"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
     done_lines = []
@@ -317,6 +320,8 @@ def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path):
     first.wait(30)
     assert done_lines, "no trial finished before the kill"
     assert_no_tune_errors(rest)
+    left = list(own_tmp.glob("boneseg-scratch/*"))
+    assert left, "the killed trials left no scratch folder (nothing for the reaper to test)"
     second = subprocess.run(
         boneseg_cmd(params, "sweep"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
@@ -326,6 +331,7 @@ def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path):
     finished = done_lines[0].split()[2].rstrip(":")
     assert f"epoch   {finished} " not in second.stdout  # the finished trial trained nothing again
     check_tree(cfg.tracking.uri, cfg.sweep.variants, 2)  # still one tree, nothing duplicated
+    assert not list(own_tmp.glob("boneseg-scratch/*"))  # the new trials removed the killed ones' scratch
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tiny_pipeline, tmp_path):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -209,18 +210,19 @@ def _run(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_n
         runs.close({}, None, ok=False)
         raise
     t_end = time.perf_counter()
-    outcomes = outcomes_of(grid_result)
-    table, rows, failed = collect(outcomes, variants, folds)
-    for variant, scores in table.items():
-        runs.close_variant(variant, scores)
-    best = best_variant(table) if table else None  # one choice for metrics.json, results/model, MLflow
-    registered = None
-    if table and not failed:
-        register = (lambda d, m: runs.register(cfg.tracking.registered_model, d, m)) \
-            if cfg.tracking.registered_model else None
-        registered = export(
-            cfg, outcomes, table, best, {"name": exp_name, "run_id": runs.parent}, register
-        )
+    with tempfile.TemporaryDirectory(prefix="boneseg-fetched-") as fetched:  # s3:// checkpoints
+        outcomes = outcomes_of(grid_result, Path(fetched))
+        table, rows, failed = collect(outcomes, variants, folds)
+        for variant, scores in table.items():
+            runs.close_variant(variant, scores)
+        best = best_variant(table) if table else None  # one choice for metrics.json, results/model, MLflow
+        registered = None
+        if table and not failed:
+            register = (lambda d, m: runs.register(cfg.tracking.registered_model, d, m)) \
+                if cfg.tracking.registered_model else None
+            registered = export(
+                cfg, outcomes, table, best, {"name": exp_name, "run_id": runs.parent}, register
+            )
     runs.close(table, best, ok=not failed)
     write_results(cfg, table, rows, best)
     if registered:
@@ -250,8 +252,9 @@ def _outage(exc: BaseException) -> str | None:
     return None
 
 
-def outcomes_of(grid_result) -> list[TrialOutcome]:
-    """Tune's results -> one TrialOutcome per trial (the final summary decoded once)."""
+def outcomes_of(grid_result, fetched: Path) -> list[TrialOutcome]:
+    """Tune's results -> one TrialOutcome per trial (the final summary decoded once).
+    A checkpoint in object storage is fetched into `fetched` (the caller removes it)."""
     out = []
     for r in grid_result:
         m = r.metrics or {}
@@ -261,7 +264,7 @@ def outcomes_of(grid_result) -> list[TrialOutcome]:
             continue
         ckpt = r.checkpoint
         local = Path(ckpt.path) if ckpt is not None and os.path.isdir(ckpt.path) else \
-            Path(ckpt.to_directory()) if ckpt is not None else None
+            Path(ckpt.to_directory(str(fetched / f"{variant}-fold{fold}"))) if ckpt is not None else None
         out.append(TrialOutcome(variant, fold, json.loads(m["summary"]), local))
     return out
 

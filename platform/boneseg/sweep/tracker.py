@@ -10,7 +10,6 @@ first use, so a restored driver continues the same parent run.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -129,8 +128,10 @@ class Tracker(tune.Callback):
         ckpt = getattr(trial, "checkpoint", None)  # the final checkpoint (model.pt) is registered by now
         if ckpt is None or not self.args[0]["sweep"]["log_model"]:
             return
-        # local storage: read in place; object storage (s3://): fetched to a temp folder first
-        self.runs.log_model(*_key(trial), ckpt.path if os.path.isdir(ckpt.path) else ckpt.to_directory())
+        # local storage: read in place; object storage (s3://): fetched to a temp folder that
+        # as_directory removes again
+        with ckpt.as_directory() as d:
+            self.runs.log_model(*_key(trial), d)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._show(

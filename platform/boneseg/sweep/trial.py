@@ -5,12 +5,16 @@ checkpoint. Trials only `tune.report`; the driver writes MLflow.
 Scratch files (the training checkpoint, the reported folders) live in a temporary folder
 of the worker, never inside the trial folder that Tune syncs: Tune copies each reported
 checkpoint into its storage before `tune.report` returns, so the scratch copy can go.
+The folder is `<tmp>/boneseg-scratch/<variant>-fold<k>-<host>-<pid>-<random>`: a trial
+removes its own on the way out, and a worker that was killed (SIGKILL, a lost driver)
+cannot, so each trial first removes the folders of this host whose process is gone.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +23,40 @@ from boneseg.core.config import Config
 from boneseg.sweep.faults import Injector
 
 FINAL = "final.json"  # in the last checkpoint: the trial's final result, reported again on restore
+SCRATCH = "boneseg-scratch"  # under the worker's temporary folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_")  # the name's fields are split on "-"
+
+
+def reap_scratch(root: Path) -> list[Path]:
+    """Remove the scratch folders under `root` left by this host's dead trial processes
+    (never a live one's, nor another host's on a shared /tmp). Returns what it removed."""
+    host, gone = _host(), []
+    for d in root.glob("*-fold*-*-*-*") if root.is_dir() else ():
+        parts = d.name.rsplit("-", 3)  # [<variant>-fold<k>, host, pid, random]
+        if len(parts) == 4 and parts[1] == host and parts[2].isdigit() and not _alive(int(parts[2])):
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+    return gone
+
+
+def make_scratch(variant: str, fold: int) -> Path:
+    root = Path(tempfile.gettempdir()) / SCRATCH
+    root.mkdir(exist_ok=True)
+    reap_scratch(root)
+    return Path(tempfile.mkdtemp(prefix=f"{variant}-fold{fold}-{_host()}-{os.getpid()}-", dir=root))
 
 
 class TuneReporter:
@@ -86,7 +124,7 @@ def trainable(config: dict) -> None:
     t0 = time.perf_counter()
     cfg = Config.model_validate(config["cfg"])
     variant, fold = config["variant"], config["fold"]
-    scratch = Path(tempfile.mkdtemp(prefix=f"boneseg-{variant}-fold{fold}-"))
+    scratch = make_scratch(variant, fold)
     try:
         done = _restore(scratch)
         if done:  # finished before the driver died: report the same result again, train nothing

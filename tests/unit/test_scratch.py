@@ -1,0 +1,37 @@
+"""The trials' scratch folders: a killed trial's folder is removed by the next trial on the
+same host, a live one's and another host's never."""
+import os
+import subprocess
+import sys
+
+from boneseg.sweep.trial import _host, make_scratch, reap_scratch
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_reap_removes_only_this_hosts_dead_trials(tmp_path):
+    root = tmp_path / "boneseg-scratch"
+    dead = root / f"multi-imagenet-fold3-{_host()}-{dead_pid()}-ab_c1"
+    live = root / f"single-random-fold0-{_host()}-{os.getpid()}-xyz"
+    other = root / f"multi-random-fold1-otherhost-{dead_pid()}-q9"
+    stranger = root / "not-a-trial"
+    for d in (dead, live, other, stranger):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "checkpoint.pt").write_bytes(b"x" * 10)
+    assert reap_scratch(root) == [dead]
+    assert not dead.exists() and live.is_dir() and other.is_dir() and stranger.is_dir()
+    assert reap_scratch(tmp_path / "absent") == []
+
+
+def test_make_scratch_names_its_owner_and_reaps_first(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    dead = tmp_path / "boneseg-scratch" / f"multi-random-fold0-{_host()}-{dead_pid()}-zz"
+    dead.mkdir(parents=True)
+    d = make_scratch("multi-random", 2)
+    assert d.parent == tmp_path / "boneseg-scratch" and d.is_dir() and not dead.exists()
+    assert d.name.startswith(f"multi-random-fold2-{_host()}-{os.getpid()}-")
+    assert reap_scratch(d.parent) == []  # its own (live) folder stays
