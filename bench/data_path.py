@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from boneseg.core.augment import augment
+from boneseg.core.augment import prepare_batch
 from boneseg.core.config import Config
 from boneseg.core.dataset import SliceDataset, make_loader
 from boneseg.core.device_data import DeviceSlices
@@ -29,17 +29,17 @@ from boneseg.core.slices import build_slices
 from boneseg.core.synth import synthesize
 
 H200_IMG_PER_S = 5000.0
+CPU = torch.device("cpu")
 
 
-def rate(batches, n_batches: int, aug: bool) -> float:
-    """Samples/s over n_batches (after one warm-up batch)."""
+def rate(batches, n_batches: int, tc, amp: bool) -> float:
+    """Samples/s over n_batches (after one warm-up batch), each batch taken to what the
+    train step gets (`prepare_batch`: the step's dtypes, augmentation, memory format)."""
     it = iter(batches)
     next(it)
     t0, n = time.perf_counter(), 0
     for _ in range(n_batches):
-        x, y = next(it)
-        if aug:
-            x, y = augment(x, y)
+        x, y = prepare_batch(*next(it), tc, CPU, amp)
         n += x.shape[0]
     return n / (time.perf_counter() - t0)
 
@@ -71,17 +71,20 @@ def main() -> None:
             for e in range(epochs):
                 yield from make_loader(ds, tc, e, 0)
 
-        dev = DeviceSlices.from_dataset(ds, torch.device("cpu"))
+        dev = DeviceSlices.from_dataset(ds, CPU, channels_last=True)  # as the paper profile trains
 
         def device_batches():
             for e in range(epochs):
                 yield from dev.batches(32, e, 0)
 
         out = {"slices": len(ds), "batch": 32, "size": 320, "threads": 1}
-        for aug in (False, True):
-            old = rate(loader_batches(), args.batches, aug)
-            new = rate(device_batches(), args.batches, aug)
-            key = "with_augment" if aug else "gather_only"
+        # the paper profile on a GPU: bf16 autocast, whole slices, channels_last, augmentation on
+        paper = tc.model_copy(update={"patch_size": None, "channels_last": True})
+        augmented = paper.model_copy(update={"augment": True})
+        for key, step_tc, amp in (("amp_step", paper, True), ("fp32_step", paper, False),
+                                  ("amp_step_with_augment", augmented, True)):
+            old = rate(loader_batches(), args.batches, step_tc, amp)
+            new = rate(device_batches(), args.batches, step_tc, amp)
             out[key] = {"dataloader_samples_per_s": round(old, 1), "device_samples_per_s": round(new, 1),
                         "ratio_new_over_old": round(new / old, 2),
                         "ratio_new_over_h200_5000": round(new / H200_IMG_PER_S, 3)}

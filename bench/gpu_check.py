@@ -209,16 +209,21 @@ def run_trials(params: Path, tmp: Path, folds: list[int], parallel: bool) -> tup
 
 
 def data_rate(dev, size: int, batch: int, batches: int) -> dict:
-    """train.data_on_device on synthetic slices: gather + augmentation, on the device."""
-    from boneseg.core.augment import augment
+    """train.data_on_device on synthetic slices, on the device: the gather, then what the
+    bf16 step gets (`prepare_batch`: int64 ids, channels_last), without and with the
+    paper's augmentation."""
+    from boneseg.core.augment import prepare_batch
+    from boneseg.core.config import TrainConfig
     from boneseg.core.device_data import DeviceSlices
 
+    tc = TrainConfig(amp="bf16")
     n = 512  # the tensors directly: no files needed for a rate
     nbr = torch.clamp(torch.arange(n)[:, None] + torch.tensor([-1, 0, 1]), 0, n - 1)
     targets = torch.randint(0, 5, (n, size, size), dtype=torch.uint8)
-    d = DeviceSlices(torch.rand(n, size, size).half(), targets, nbr, "multi", False, dev)
+    d = DeviceSlices(torch.rand(n, size, size).half(), targets, nbr, "multi", False, dev, channels_last=True)
     out = {}
     for aug in (False, True):
+        step_tc = tc.model_copy(update={"augment": aug, "patch_size": None, "channels_last": True})
         it = iter(d.batches(batch, 0, 0))
         next(it)
         sync(dev)
@@ -229,8 +234,7 @@ def data_rate(dev, size: int, batch: int, batches: int) -> dict:
             except StopIteration:
                 it = iter(d.batches(batch, k, 0))
                 continue
-            if aug:
-                x, y = augment(x, y)
+            prepare_batch(x, y, step_tc, dev, amp=True)
             k += 1
         sync(dev)
         out["with_augment" if aug else "gather"] = round(batches * batch / (time.perf_counter() - t0), 1)

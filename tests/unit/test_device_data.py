@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from boneseg.core.augment import prepare_batch
 from boneseg.core.dataset import SliceDataset, make_loader
 from boneseg.core.device_data import DeviceSlices, use_device_data
 from boneseg.core.layout import load_splits
@@ -17,38 +18,73 @@ def train_cases(cfg):
     return load_splits(cfg.data.splits_file)["folds"][0]["train"]
 
 
-@pytest.mark.parametrize("classes, targets", [("multi", "hard"), ("single", "hard"), ("multi", "soft"),
-                                              ("single", "soft")])
-def test_device_batches_equal_the_dataloaders(tiny_pipeline, classes, targets):
+@pytest.mark.parametrize("classes, targets, cl", [("multi", "hard", False), ("single", "hard", False),
+                                                  ("multi", "soft", False), ("single", "soft", False),
+                                                  ("multi", "hard", True), ("single", "soft", True)])
+def test_device_batches_equal_the_dataloaders(tiny_pipeline, classes, targets, cl):
     ds = SliceDataset(tiny_pipeline.data.slices_dir, train_cases(tiny_pipeline), classes, targets)
-    tc = tiny_pipeline.train.model_copy(update={"batch_size": 3})
-    dev = DeviceSlices.from_dataset(ds, CPU)
-    assert len(dev) == len(ds) and dev.images.dtype == torch.float16
+    tc = tiny_pipeline.train.model_copy(update={"batch_size": 3, "patch_size": None, "augment": False,
+                                                "channels_last": False})
+    dev = DeviceSlices.from_dataset(ds, CPU, channels_last=cl)
+    assert len(dev) == len(ds) and dev.stacks.dtype == torch.float16
     for epoch in (0, 1):
         n = 0
-        # streamed side by side: the device path reuses its image buffer from batch to batch
+        # streamed side by side: the device path reuses its buffers from batch to batch
         for (x0, y0), (x1, y1) in zip(make_loader(ds, tc, epoch, seed=5), dev.batches(3, epoch, seed=5),
                                       strict=True):
-            assert x1.dtype == x0.dtype == torch.float32 and y1.dtype == y0.dtype
-            assert torch.equal(x0, x1) and torch.equal(y0, y1)
+            assert x0.dtype == torch.float32 and x1.dtype == torch.float16  # gathered as stored
+            assert x1.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            assert y1.dtype == (torch.float32 if targets == "soft" else
+                                torch.bool if classes == "single" else torch.uint8)
+            assert torch.equal(x0, x1.float()) and torch.equal(y0, y1.to(y0.dtype))
+            # what the step takes: the same tensors from either path, float32 + int64 on the CPU
+            (a0, b0), (a1, b1) = (prepare_batch(x, y, tc, CPU, amp=False) for x, y in ((x0, y0), (x1, y1)))
+            assert a0.dtype == a1.dtype == torch.float32 and b0.dtype == b1.dtype
+            assert b0.dtype == (torch.float32 if targets == "soft" else torch.int64)
+            assert torch.equal(a0, a1) and torch.equal(b0, b1)
             n += 1
         assert n == len(dev.batches(3, epoch, seed=5)) == len(make_loader(ds, tc, epoch, seed=5)) > 1
     idx = torch.tensor([4, 0, 7])
-    fresh, buffered = dev.gather(idx), dev.gather(idx, out=torch.empty(3, 3, *dev.images.shape[1:]))
+    buffers = torch.empty(3, *dev.stacks.shape[1:], dtype=torch.float16), \
+        torch.empty(3, *dev.targets.shape[1:], dtype=torch.uint8)
+    fresh, buffered = dev.gather(idx), dev.gather(idx, *buffers)
     assert torch.equal(fresh[0], buffered[0]) and torch.equal(fresh[1], buffered[1])
 
 
-def test_a_trained_epoch_is_bit_identical_with_crops_and_augmentation(tiny_pipeline):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_under_autocast_the_float16_batch_goes_in_as_it_is_with_the_same_result(tiny_pipeline, dtype):
+    """prepare_batch keeps the gathered float16 image under autocast (no widening pass):
+    the model's first layer casts it to the autocast dtype, exactly as it casts float32."""
+    ds = SliceDataset(tiny_pipeline.data.slices_dir, train_cases(tiny_pipeline), "multi", "hard")
+    x16, y = next(iter(DeviceSlices.from_dataset(ds, CPU).batches(2, 0, 0)))
+    tc = tiny_pipeline.train.model_copy(update={"patch_size": 32, "augment": False, "channels_last": True})
+    torch.manual_seed(3)
+    xa, ya = prepare_batch(x16, y, tc, CPU, amp=True)
+    assert xa.dtype == torch.float16 and ya.dtype == torch.int64 and xa.shape[-1] == 32
+    torch.manual_seed(3)
+    xf, yf = prepare_batch(x16, y, tc, CPU, amp=False)
+    assert xf.dtype == torch.float32 and torch.equal(xa.float(), xf) and torch.equal(ya, yf)  # same crop
+    torch.manual_seed(0)
+    net, _ = build_model(5, "none")
+    net.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        assert torch.equal(net(xa), net(xf))
+    aug = tc.model_copy(update={"augment": True})
+    assert prepare_batch(x16, y, aug, CPU, amp=True)[0].dtype == torch.float32  # augmentation: float32
+
+
+@pytest.mark.parametrize("cl", [False, True])
+def test_a_trained_epoch_is_bit_identical_with_crops_and_augmentation(tiny_pipeline, cl):
     ds = SliceDataset(tiny_pipeline.data.slices_dir, train_cases(tiny_pipeline), "multi", "hard")
     tc = tiny_pipeline.train.model_copy(update={"batch_size": 2, "patch_size": 32, "augment": True,
-                                                "channels_last": False})
+                                                "channels_last": cl})
     auto = {"device_type": "cpu", "enabled": False}
     weights = []
     for path in ("loader", "device"):
         torch.manual_seed(0)
         net, _ = build_model(5, "none")
         loader = (make_loader(ds, tc, 0, 0) if path == "loader"
-                  else DeviceSlices.from_dataset(ds, CPU).batches(2, 0, 0))
+                  else DeviceSlices.from_dataset(ds, CPU, cl).batches(2, 0, 0))
         opt, sched = make_optim(net, tc, len(loader), 2)
         torch.manual_seed(1)  # crops and augmentation draw from here, on either path
         out = train_epoch(net, loader, opt, sched, grad_scaler(auto), tc, CPU, auto)

@@ -110,7 +110,7 @@ def test_fit_writes_summary_and_resume_continues_the_same_trajectory(tiny_pipeli
 
 def test_patch_training_resumes_on_the_same_windows_and_validates_whole_slices(tiny_pipeline, tmp_path,
                                                                                monkeypatch):
-    from boneseg.core import training
+    from boneseg.core import augment
     from boneseg.core.slices import build_slices
 
     data = tiny_pipeline.data.model_copy(update={"image_size": 64, "slices_dir": str(tmp_path / "slices64")})
@@ -132,8 +132,8 @@ def test_patch_training_resumes_on_the_same_windows_and_validates_whole_slices(t
         seen.append((tuple(x.shape[-2:]), tuple(out[0].shape[-2:]), tuple(out[1].shape[-2:])))
         return out
 
-    crop = training.random_crop
-    monkeypatch.setattr(training, "random_crop", spy)
+    crop = augment.random_crop
+    monkeypatch.setattr(augment, "random_crop", spy)
     fit(cfg, "multi-random", 0, out_dir=tmp_path / "spied")
     assert seen and set(seen) == {((64, 64), (32, 32), (32, 32))}  # every batch: 64 px slices cut to 32 px
     assert straight.history[0]["images_per_s"] > 0

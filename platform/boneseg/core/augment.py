@@ -1,4 +1,5 @@
-"""Batched, device-side augmentation for 2.5-D slices (pure functions of a generator).
+"""Batched, device-side augmentation for 2.5-D slices (pure functions of a generator),
+and `prepare_batch`, the data path's last part that every training batch goes through.
 
 A small random affine (rotation, scale, shift) applied identically to image and label,
 and an intensity gain/offset on the windowed image. Draws use torch's global generator,
@@ -58,3 +59,25 @@ def random_intensity(x: torch.Tensor, gain: float, offset: float) -> torch.Tenso
 def augment(x: torch.Tensor, y: torch.Tensor, rotate_deg=10.0, scale=0.1, shift=0.05, gain=0.1, offset=0.05):
     x, y = random_affine(x, y, rotate_deg, scale, shift)
     return random_intensity(x, gain, offset), y
+
+
+def prepare_batch(x: torch.Tensor, y: torch.Tensor, tc, device: torch.device, amp: bool):
+    """A loader's batch -> what the train step takes, on the device: the random crop
+    (`train.patch_size`), then the step's dtypes (after the crop: fewer pixels to
+    convert), then augmentation, then channels_last. Ids become int64 (the losses need
+    it). The image becomes float32, except under autocast (`amp`) without augmentation:
+    there it stays as loaded (float16 from `train.data_on_device`), since the model's first
+    layer, a convolution, casts its input to the autocast dtype either way, with the same
+    result. Augmentation always runs in float32."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if tc.patch_size:
+        x, y = random_crop(x, y, tc.patch_size)
+    if tc.augment or not amp:
+        x = x.float()
+    if not y.is_floating_point():
+        y = y.long()
+    if tc.augment:
+        x, y = augment(x, y)
+    if tc.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y

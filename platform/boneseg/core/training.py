@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from boneseg.core.augment import augment, random_crop
+from boneseg.core.augment import prepare_batch
 from boneseg.core.config import VARIANTS, Config, TrainConfig
 from boneseg.core.dataset import SliceDataset, make_loader
 from boneseg.core.device_data import DeviceSlices, use_device_data
@@ -102,13 +102,7 @@ def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, auto
     model.train()
     total, n, t0, skipped = 0.0, 0, time.perf_counter(), 0
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if tc.patch_size:
-            x, y = random_crop(x, y, tc.patch_size)
-        if tc.augment:
-            x, y = augment(x, y)
-        if tc.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = prepare_batch(x, y, tc, device, amp=autocast["enabled"])
         with torch.autocast(**autocast):
             logits = model(x)
         loss = segmentation_loss(logits, y, tc.loss, tc.ce_weight)
@@ -194,7 +188,7 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
     if len(ds) == 0:
         raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
     on_device = use_device_data(tc.data_on_device, ds, device)
-    slices = DeviceSlices.from_dataset(ds, device) if on_device else None
+    slices = DeviceSlices.from_dataset(ds, device, tc.channels_last) if on_device else None
 
     def loader(epoch: int):  # the same batches either way (core/device_data.py)
         if slices is not None:
