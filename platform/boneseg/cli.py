@@ -9,8 +9,8 @@ from boneseg import __version__
 from boneseg.errors import BonesegError
 
 # stage modules (boneseg.stages.<name>), in pipeline order; each has add_parser(sub) and main(args, cfg)
-STAGES = ("config", "synth", "importer", "labels", "splits", "slices", "pretrain", "train", "sweep", "report",
-          "evaluate", "segment", "preview")
+STAGES = ("config", "synth", "importer", "correct", "labels", "splits", "slices", "pretrain", "train",
+          "sweep", "report", "evaluate", "segment", "preview")
 
 
 def _settings_options(parser: argparse.ArgumentParser, suffix: str = "") -> None:
@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in STAGES:
         importlib.import_module(f"boneseg.stages.{name}").add_parser(sub)
     for cmd in sub.choices.values():  # `boneseg train --case ... --set k=v` works as well
-        _settings_options(cmd, "_cmd")
+        nested = [a for a in cmd._actions if isinstance(a, argparse._SubParsersAction)]
+        for leaf in nested[0].choices.values() if nested else [cmd]:  # `correct export X --set k=v`
+            _settings_options(leaf, "_cmd")
     return parser
 
 

@@ -10,14 +10,13 @@ import torch
 
 from boneseg.core.config import Config
 from boneseg.core.inference import (
-    LABEL_FILE,
     ensemble_probabilities,
     find_checkpoints,
-    label_description,
     load_fold_models,
     segment_files,
     segment_volume,
 )
+from boneseg.core.labelmap import LABEL_FILE, label_description
 from boneseg.core.models import build_model
 from boneseg.core.nifti import Volume, load_labels, save_volume
 from boneseg.core.preprocess import apply_window, resize_planes, stack_25d

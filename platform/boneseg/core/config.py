@@ -66,6 +66,8 @@ class DataConfig(_Strict):
     raw_dir: str = "data/raw"
     labels_dir: str = "data/labels"
     corrections_dir: str = "data/corrections"
+    proposals_dir: str = "data/proposals"
+    annotate_dir: str = "annotate"
     splits_file: str = "data/splits.json"
     slices_dir: str = "data/slices"
     image_size: int = Field(160, description="2.5-D slice side after in-plane resampling")
@@ -100,6 +102,8 @@ class LabelsConfig(_Strict):
     min_component_voxels: int = Field(30, ge=0, description="drop smaller 3-D components (noise)")
     component_min_mean_hu: float = Field(350.0, description="drop dim components (enhanced vessels)")
     closing_mm: float = Field(2.0, ge=0, description="in-plane closing radius before hole filling")
+    proposal: Literal["threshold", "filled", "vnet"] = Field(
+        "filled", description="the map an annotator starts from (`boneseg correct export`)")
 
 
 class SplitsConfig(_Strict):

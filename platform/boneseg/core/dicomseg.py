@@ -20,16 +20,9 @@ import numpy as np
 import boneseg
 from boneseg.core.config import Config
 from boneseg.core.dicom import DicomCT, read_ct_folder
-from boneseg.core.inference import (
-    LABEL_FILE,
-    bone_ml,
-    label_description,
-    load_fold_models,
-    output_ids,
-    segment_volume,
-)
+from boneseg.core.inference import bone_ml, load_fold_models, output_ids, segment_volume
 from boneseg.core.io import atomic_write_bytes, atomic_write_text
-from boneseg.core.labelmap import LABEL_COLOURS, LABEL_IDS
+from boneseg.core.labelmap import LABEL_COLOURS, LABEL_FILE, LABEL_IDS, label_description
 from boneseg.core.nifti import Volume, is_nifti_name, save_volume, to_canonical
 from boneseg.core.runtime import prepare_runtime
 from boneseg.errors import DataError

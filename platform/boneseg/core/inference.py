@@ -20,14 +20,12 @@ import torch
 
 from boneseg.core.config import Config
 from boneseg.core.io import atomic_write_text
-from boneseg.core.labelmap import LABEL_COLOURS, LABEL_IDS, n_classes
+from boneseg.core.labelmap import LABEL_FILE, label_description, n_classes
 from boneseg.core.models import build_model
 from boneseg.core.nifti import Volume, is_nifti_name, load_ct, save_volume
 from boneseg.core.preprocess import resize_back, stack_25d, window_planes
 from boneseg.core.runtime import place_model, prepare_runtime
 from boneseg.errors import DataError
-
-LABEL_FILE = "itksnap_labels.txt"
 
 
 @dataclass
@@ -137,19 +135,6 @@ def segment_volume(models: list[FoldModel], ct: Volume, device, autocast: dict, 
     if classes == "bone":
         labels[labels != 1] = 0
     return np.ascontiguousarray(nib.orientations.apply_orientation(labels, back))
-
-
-def label_description(ids: list[int]) -> str:
-    """An ITK-SNAP label description file (Segmentation > Import Label Descriptions)."""
-    lines = ["################################################",
-             "# ITK-SnAP Label Description File (boneseg)",
-             "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
-             "################################################",
-             '    0     0    0    0     0  0  0    "Clear Label"']
-    for i in ids:
-        r, g, b = LABEL_COLOURS[i]
-        lines.append(f'{i:5d} {r:5d} {g:4d} {b:4d}  1.00  1  1    "{LABEL_IDS[i]}"')
-    return "\n".join(lines) + "\n"
 
 
 def output_ids(models: list[FoldModel], classes: str) -> list[int]:

@@ -45,13 +45,18 @@ def fill_marrow(hu: np.ndarray, spacing, threshold_hu: float, cfg: LabelsConfig)
     return mask
 
 
+def bone_proposals(ct: Volume, cohort: str, cfg: LabelsConfig) -> dict[str, np.ndarray]:
+    """The threshold proposals of one CT: {"threshold": HU >= the cohort's level,
+    "filled": that + component cleaning, closing and marrow fill}, (X, Y, Z) bool."""
+    level = getattr(cfg.threshold_hu, cohort, cfg.threshold_hu.abdomen)
+    return {"threshold": ct.data >= level, "filled": fill_marrow(ct.data, ct.spacing, level, cfg)}
+
+
 def derive_case(case: dict, corrections_dir: Path, cfg: LabelsConfig) -> tuple[Volume, dict]:
     ct = load_ct(case["ct"])
     truth = load_labels(case["truth"], ct, case["ct"]) if case["truth"] else None
-    hu = ct.data
-    level = getattr(cfg.threshold_hu, case["cohort"], cfg.threshold_hu.abdomen)
-    thr = hu >= level
-    filled = fill_marrow(hu, ct.spacing, level, cfg)
+    prop = bone_proposals(ct, case["cohort"], cfg)
+    thr, filled = prop["threshold"], prop["filled"]
     proposal = filled.astype(np.uint8)
     correction = correction_path(corrections_dir, case["case"])
     if case["cohort"] == "thigh":

@@ -1,0 +1,43 @@
+"""`boneseg correct`: the hand-correction round trip (`core.correct`).
+
+    boneseg correct export CASE [--out DIR] [--proposal threshold|filled|vnet]
+    boneseg correct import CASE FILE
+"""
+from __future__ import annotations
+
+import argparse
+
+from boneseg.core.config import Config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("correct",
+                       help="hand corrections: export a case to ITK-SNAP / 3D Slicer, import the edit")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    e = actions.add_parser("export", help="write a workspace (CT, starting labels, label files, README)")
+    e.add_argument("case", help="a case id, e.g. abd000")
+    e.add_argument("--out", help="the workspaces' folder (default: data.annotate_dir)")
+    e.add_argument("--proposal", choices=["threshold", "filled", "vnet"],
+                   help="the starting map (default: labels.proposal)")
+    i = actions.add_parser("import", help="check an edited label map and store it as the case's correction")
+    i.add_argument("case", help="a case id, e.g. abd000")
+    i.add_argument("file", help="the edited label map (.nii.gz)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.correct import export_case, import_correction
+
+    if args.action == "export":
+        folder, command = export_case(cfg, args.case, args.out, args.proposal)
+        print(f"correct: workspace for {args.case} in {folder} (see its README.md); open it with")
+        print(f"  {command}")
+        print(f"then: boneseg correct import {args.case} <the saved segmentation>")
+        return 0
+    record = import_correction(cfg, args.case, args.file)
+    e = record["effort"]
+    print(f"correct: {args.case} stored in {cfg.data.corrections_dir} "
+          f"(started from {record['started_from']}); effort: {e['voxels']} voxels, "
+          f"{e['components']} regions, {e['slices']} axial slices")
+    print("then: dvc repro (labels prefer the correction), and commit data/corrections")
+    return 0
