@@ -27,7 +27,7 @@ pip_quiet() {  # pip warns about each missing local index folder on this machine
 }
 pip_quiet -r requirements.txt || { echo "setup: pip could not install requirements.txt (see above); run again" >&2; exit 1; }
 pip_quiet --no-deps -e . || { echo "setup: pip could not install boneseg itself (see above)" >&2; exit 1; }
-.venv/bin/python -c "import torch, timm, ray, mlflow, dvc, nibabel, pydicom, highdicom, pydantic, scipy, rich, boneseg" \
+.venv/bin/python -c "import torch, timm, ray, mlflow, dvc, nibabel, monai, pydicom, highdicom, pydantic, scipy, rich, boneseg" \
   || { echo "setup: the installed environment does not import; see pip's output above" >&2; exit 1; }
 .venv/bin/ruff --version > /dev/null
 echo "$want" > "$stamp"

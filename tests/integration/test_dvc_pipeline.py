@@ -32,10 +32,12 @@ def repo(tmp_path):
     for d in ("experiments", "platform", "data/corrections"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["synth"].update(abdomen=5, thigh=1, matrix=48, slices=6)
+    params["data"]["synth"].update(abdomen=5, thigh=2, matrix=48, slices=6)
     params["data"]["image_size"] = 32
     params["splits"].update(folds=2, test_cases=1)
     params["pretrain"].update(epochs=4)
+    params["propose"].update(spacing_mm=[4.0, 4.0, 4.0], crop=[16, 16, 16], window=[16, 16, 16], steps=4,
+                             val_cases=1)
     params["train"].update(epochs=2, batch_size=2)
     params["sweep"].update(variants=["multi-random"], log_model=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -56,7 +58,10 @@ def repo(tmp_path):
 def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     repo, env = repo
     first = run("dvc repro", repo, env)
-    assert ran_stages(first) == {"synth", "labels", "splits", "slices", "pretrain", "sweep", "report"}
+    assert ran_stages(first) == {"synth", "propose", "labels", "splits", "slices", "pretrain", "sweep",
+                                 "report"}
+    assert sorted(p.name for p in (repo / "data/proposals").iterdir()) == sorted(
+        [f"abd00{i}.nii.gz" for i in range(5)] + ["propose.json"])
     assert (repo / "data/slices/index.json").is_file() and (repo / "data/labels/qa.json").is_file()
     assert "multi-random" in (repo / "results/report/index.html").read_text()
     assert sorted(p.name for p in (repo / "results/model").iterdir()) == [

@@ -21,6 +21,7 @@ def test_help_lists_every_command_with_one_line(capsys):
         "config",
         "synth",
         "import",
+        "propose",
         "correct",
         "labels",
         "splits",

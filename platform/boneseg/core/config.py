@@ -168,6 +168,34 @@ class TrainConfig(_Strict):
         return None if v is None else unet_side(v, "null or ")
 
 
+class ProposeConfig(_Strict):
+    """The `propose` stage: a 3-D V-Net (MONAI) learnt from the thigh cohort's threshold
+    femur masks, applied to every abdominal CT (the study's "secondary mask")."""
+
+    spacing_mm: tuple[float, float, float] = Field(
+        (2.8, 2.8, 5.0), description="resampled voxel size (study: 0.5 x 0.5 x 5 mm)")
+    crop: tuple[int, int, int] = Field((32, 32, 16), description="random training crop, voxels, each "
+                                       "a multiple of 16 (study: 512 x 512 x 32)")
+    window: tuple[int, int, int] = Field((96, 96, 16), description="sliding-window size at inference, "
+                                         "voxels, each a multiple of 16")
+    steps: int = Field(150, ge=4, description="optimiser steps (one-cycle over all of them)")
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1, description="VNet dropout (MONAI's default 0.5; off for a "
+                           "few hundred steps)")
+    val_cases: int = Field(2, ge=1, description="thigh CTs held out for the validation Dice")
+    foreground: float = Field(0.67, ge=0, le=1, description="share of crops centred on a femur voxel")
+    overlap: float = Field(0.25, ge=0, lt=1, description="sliding-window overlap at inference")
+    seed: int = 0
+
+    @field_validator("crop", "window")
+    @classmethod
+    def _crop16(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(c <= 0 or c % 16 for c in v):
+            raise ValueError(f"every side must be a positive multiple of 16 (MONAI's VNet), got {list(v)}")
+        return v
+
+
 class PretrainConfig(_Strict):
     """The `pretrain` stage: the same U-Net on thigh slices vs their threshold femur masks."""
 
@@ -232,6 +260,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    propose: ProposeConfig = ProposeConfig()
     tracking: TrackingConfig = TrackingConfig()
     sweep: SweepConfig = SweepConfig()
     report: ReportConfig = ReportConfig()

@@ -23,7 +23,7 @@ import numpy as np
 from boneseg.core.config import Config
 from boneseg.core.effort import effort
 from boneseg.core.io import atomic_dir, atomic_path
-from boneseg.core.labelling import bone_proposals
+from boneseg.core.labelling import bone_proposals, vnet_proposal
 from boneseg.core.labelmap import LABEL_FILE, LABEL_IDS, SLICER_FILE, label_description, slicer_color_table
 from boneseg.core.layout import correction_path, find_cases
 from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume, to_nifti_bytes
@@ -64,11 +64,11 @@ def find_case(cfg: Config, case_id: str) -> dict:
 def start_map(cfg: Config, case: dict, ct: Volume, proposal: str) -> np.ndarray:
     """The label map an annotator starts from: a bone proposal as ids (1 bone, 0 else)."""
     if proposal == "vnet":
-        path = Path(cfg.data.proposals_dir) / f"{case['case']}.nii.gz"
-        if not path.is_file():
-            raise DataError(f"{path}: no V-Net proposal for {case['case']}. Run `boneseg propose` (or "
-                            "`dvc repro propose`), or start from labels.proposal=filled.")
-        return (load_labels(path, ct, case["ct"], allowed=(0, 1)).data == 1).astype(np.uint8)
+        mask = vnet_proposal(ct, case["ct"], Path(cfg.data.proposals_dir), case["case"])
+        if mask is None:
+            raise DataError(f"{cfg.data.proposals_dir}: no V-Net proposal for {case['case']}. Run `boneseg "
+                            "propose` (or `dvc repro propose`), or start from labels.proposal=filled.")
+        return mask.astype(np.uint8)
     return bone_proposals(ct, case["cohort"], cfg.labels)[proposal].astype(np.uint8)
 
 

@@ -8,20 +8,27 @@
   proposal (flagged unreviewed).
 QA per case: bone Dice of threshold-only vs threshold+fill vs final against the truth,
 the bone voxels the threshold misses, the kidney/vessel voxels "bright = bone" catches,
-and the voxels the correction changed (the manual effort).
+and the voxels the correction changed (the manual effort). Per proposal source
+(threshold, filled, the V-Net's data/proposals/<case>.nii.gz): bone Dice, the share of
+the proposed bone on kidney / vessel / liver, and the effort of correcting it into the
+truth (`core.effort`: voxels, regions, axial slices); `labels.proposal` is the map an
+annotator starts from and an unreviewed case keeps.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from boneseg.core.config import Config, LabelsConfig
+from boneseg.core.effort import effort, proposal_qa
 from boneseg.core.io import write_json
 from boneseg.core.layout import QA_FILE, correction_path, find_cases, label_path
 from boneseg.core.metrics import dice, nanmean
 from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume
+from boneseg.errors import DataError
 
 
 def fill_marrow(hu: np.ndarray, spacing, threshold_hu: float, cfg: LabelsConfig) -> np.ndarray:
@@ -52,13 +59,32 @@ def bone_proposals(ct: Volume, cohort: str, cfg: LabelsConfig) -> dict[str, np.n
     return {"threshold": ct.data >= level, "filled": fill_marrow(ct.data, ct.spacing, level, cfg)}
 
 
-def derive_case(case: dict, corrections_dir: Path, cfg: LabelsConfig) -> tuple[Volume, dict]:
+def vnet_proposal(ct: Volume, ct_path, proposals_dir: Path | None, case_id: str) -> np.ndarray | None:
+    """data/proposals/<case>.nii.gz (`boneseg propose`) as a bone mask, if there is one."""
+    path = Path(proposals_dir) / f"{case_id}.nii.gz" if proposals_dir else None
+    if path is None or not path.is_file():
+        return None
+    return load_labels(path, ct, ct_path, allowed=(0, 1)).data == 1
+
+
+def derive_case(case: dict, corrections_dir: Path, cfg: LabelsConfig,
+                proposals_dir: Path | None = None) -> tuple[Volume, dict]:
     ct = load_ct(case["ct"])
     truth = load_labels(case["truth"], ct, case["ct"]) if case["truth"] else None
     prop = bone_proposals(ct, case["cohort"], cfg)
     thr, filled = prop["threshold"], prop["filled"]
-    proposal = filled.astype(np.uint8)
+    if case["cohort"] != "thigh":
+        vnet = vnet_proposal(ct, case["ct"], proposals_dir, case["case"])
+        if vnet is not None:
+            prop["vnet"] = vnet
+        elif cfg.proposal == "vnet":
+            raise DataError(f"{case['case']}: labels.proposal is vnet but {proposals_dir} has no proposal "
+                            "for it. Run `boneseg propose` (or `dvc repro propose`) first.")
+    chosen = cfg.proposal if case["cohort"] != "thigh" else "filled"
+    proposal = prop[chosen].astype(np.uint8)
     correction = correction_path(corrections_dir, case["case"])
+    record_path = correction.with_name(f"{case['case']}.json")
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     if case["cohort"] == "thigh":
         final, source = proposal, "threshold"  # the study's femur masks are the threshold masks
     elif correction.is_file():
@@ -67,24 +93,31 @@ def derive_case(case: dict, corrections_dir: Path, cfg: LabelsConfig) -> tuple[V
         final, source = truth.data, "truth"
     else:
         final, source = proposal, "proposal-unreviewed"
+    started = record.get("started_from", chosen) if source == "correction" else chosen
+    start = prop[started].astype(np.uint8) if started in prop else proposal
     qa = {
         "case": case["case"],
         "cohort": case["cohort"],
         "phase": case["phase"],
         "label_source": source,
         "reviewed": source in ("correction", "truth", "threshold"),
+        "proposal": started,
         # manual effort: every voxel whose label differs from the proposal, and the bone part
-        "corrected_voxels": int((final != proposal).sum()) if case["cohort"] != "thigh" else 0,
-        "corrected_bone_voxels": int(((final == 1) != (proposal == 1)).sum())
+        "corrected_voxels": int((final != start).sum()) if case["cohort"] != "thigh" else 0,
+        "corrected_bone_voxels": int(((final == 1) != (start == 1)).sum())
         if case["cohort"] != "thigh"
         else 0,
     }
+    if source == "correction":  # the effort of the correction as made (boneseg correct import)
+        qa["correction_effort"] = effort(start, final)
     if truth is not None:
         bone = truth.data == 1
         qa.update(dice_threshold=dice(thr, bone), dice_filled=dice(filled, bone),
                   dice_final=dice(final == 1, bone),
                   bone_missed_by_threshold=round(float((bone & ~thr).sum() / max(bone.sum(), 1)), 4),
                   non_bone_caught_by_threshold=int((thr & np.isin(truth.data, (2, 3, 4))).sum()))
+        if case["cohort"] != "thigh":  # each proposal source against the truth: Dice, organ share, effort
+            qa["sources"] = {k: proposal_qa(m, truth.data) for k, m in prop.items()}
     return Volume(final.astype(np.uint8), ct.affine), qa
 
 
@@ -99,7 +132,36 @@ def summarise(rows: list[dict]) -> dict:
     total["corrected_bone_voxels"] = sum(r["corrected_bone_voxels"] for r in rows)
     total["non_bone_caught_by_threshold"] = sum(r.get("non_bone_caught_by_threshold", 0) for r in rows)
     total["unreviewed_cases"] = sum(not r["reviewed"] for r in rows)
+    total["sources"] = source_totals(rows)
     return total
+
+
+def source_totals(rows: list[dict]) -> dict:
+    """Per proposal source over the cases that have it: mean bone Dice and organ shares,
+    summed effort (voxels, regions, slices)."""
+    out = {}
+    for src in ("threshold", "filled", "vnet", "unet"):
+        qs = [r["sources"][src] for r in rows if src in r.get("sources", {})]
+        if not qs:
+            continue
+        t = {"cases": len(qs)}
+        for k in qs[0]:
+            vals = [q[k] for q in qs]
+            t[k] = sum(vals) if k in ("voxels", "components", "slices") else round(nanmean(vals), 4)
+        out[src] = t
+    return out
+
+
+def source_table(total: dict) -> str:
+    """The effort per proposal source, side by side (the stage's output and the report)."""
+    head = f"{'start from':<11} {'cases':>5} {'bone Dice':>9} {'on kidney':>9} {'on vessel':>9} " \
+           f"{'on liver':>8} {'voxels':>9} {'regions':>8} {'slices':>6}"
+    lines = [head]
+    for src, t in total.get("sources", {}).items():
+        lines.append(f"{src:<11} {t['cases']:5d} {t['bone_dice']:9.4f} {t['on_kidney']:9.1%} "
+                     f"{t['on_vessel']:9.1%} {t['on_liver']:8.1%} {t['voxels']:9d} {t['components']:8d} "
+                     f"{t['slices']:6d}")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -124,7 +186,7 @@ def derive_labels(cfg: Config, progress: bool = True) -> dict:
     out = Path(cfg.data.labels_dir)
     rows = []
     for case in tqdm(find_cases(cfg.data.raw_dir), desc="labels", unit="case", disable=not progress):
-        vol, qa = derive_case(case, Path(cfg.data.corrections_dir), cfg.labels)
+        vol, qa = derive_case(case, Path(cfg.data.corrections_dir), cfg.labels, Path(cfg.data.proposals_dir))
         save_volume(vol, label_path(out, case["case"]))
         rows.append(qa)
     report = {"threshold_hu": cfg.labels.threshold_hu.model_dump(), "total": summarise(rows), "cases": rows}

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from boneseg.core.config import Config
-from boneseg.core.labelling import derive_labels, table
+from boneseg.core.labelling import derive_labels, source_table, table
 
 
 def add_parser(sub) -> None:
@@ -16,5 +16,6 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace, cfg: Config) -> int:
     report = derive_labels(cfg)
     print(table(report["cases"]))
+    print(source_table(report["total"]))
     print("total:", json.dumps(report["total"]))
     return 0

@@ -196,3 +196,21 @@ class MlflowTrial:
 
     def close(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+
+def log_stage_run(cfg: Config, run_name: str, params: dict, metrics: dict, artifact: str | Path | None = None,
+                  tags: dict | None = None) -> str:
+    """One finished run for a pipeline stage (e.g. `propose`): params, numeric metrics,
+    one artifact file; tagged `kind = <run_name>`. Returns the run id."""
+    from mlflow.entities import Param
+
+    client = client_for(cfg)
+    exp_id = experiment_id(client, cfg.tracking.experiment)
+    all_tags = {"mlflow.runName": run_name, "kind": run_name, **git_tags(), **(tags or {})}
+    run_id = client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
+    client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flatten(params).items()])
+    log_finite(client, run_id, metrics)
+    if artifact is not None:
+        client.log_artifact(run_id, str(artifact))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

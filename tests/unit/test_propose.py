@@ -1,0 +1,90 @@
+"""`boneseg propose`: the V-Net (MONAI) learnt from thigh femur masks proposes a bone mask
+on every abdominal CT's own grid; the labels QA then compares every proposal source."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from boneseg.core.config import Config
+from boneseg.core.labelling import derive_labels, source_table
+from boneseg.core.layout import find_cases, load_qa
+from boneseg.core.nifti import Volume
+from boneseg.core.propose import predict, propose, random_crops
+from boneseg.core.runtime import autocast_args
+from boneseg.errors import DataError
+
+
+def tiny(cfg: Config, tmp_path, **propose_kw) -> Config:
+    pc = cfg.propose.model_copy(update={"spacing_mm": (3.0, 3.0, 4.0), "crop": (16, 16, 16),
+                                        "window": (16, 16, 16), "steps": 4, "val_cases": 1, **propose_kw})
+    data = cfg.data.model_copy(update={"proposals_dir": str(tmp_path / "proposals"),
+                                       "labels_dir": str(tmp_path / "labels")})
+    return cfg.model_copy(update={"propose": pc, "data": data})
+
+
+def test_propose_writes_a_mask_per_abdominal_ct_on_its_grid_and_the_qa_compares_sources(tiny_pipeline,
+                                                                                         tmp_path):
+    cfg = tiny(tiny_pipeline, tmp_path)
+    s = propose(cfg, progress=False)
+    abdomen = [c for c in find_cases(cfg.data.raw_dir) if c["cohort"] == "abdomen"]
+    out = tmp_path / "proposals"
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{c['case']}.nii.gz" for c in abdomen)
+    for c in abdomen:
+        ct, prop = nib.load(c["ct"]), nib.load(out / f"{c['case']}.nii.gz")
+        assert prop.shape == ct.shape and np.allclose(prop.affine, ct.affine)
+        assert prop.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(prop.dataobj))) <= {0, 1}
+    assert json.loads((out / "propose.json").read_text()) == s
+    assert s["train_cases"] == 1 and s["val_cases"] == 1 and s["steps"] == 4
+    assert 0 <= s["val_dice_mean"] <= 1 and s["train_s"] > 0 and s["peak_rss_gib"] > 0
+    assert set(s["infer_s"]) == {c["case"] for c in abdomen}
+
+    # labels: every abdominal case gets threshold / filled / vnet side by side, with effort
+    report = derive_labels(cfg, progress=False)
+    rows = [r for r in load_qa(cfg.data.labels_dir)["cases"] if r["cohort"] == "abdomen"]
+    for r in rows:
+        assert set(r["sources"]) == {"threshold", "filled", "vnet"}
+        for q in r["sources"].values():
+            assert {"bone_dice", "on_kidney", "on_vessel", "on_liver", "voxels", "components",
+                    "slices"} <= set(q)
+    tot = report["total"]["sources"]
+    assert tot["vnet"]["cases"] == len(abdomen)
+    assert tot["filled"]["voxels"] == sum(r["sources"]["filled"]["voxels"] for r in rows)
+    assert "vnet" in source_table(report["total"])
+
+
+def test_labels_can_start_from_the_vnet_and_refuse_when_it_is_missing(tiny_pipeline, tmp_path):
+    cfg = tiny(tiny_pipeline, tmp_path)
+    cfg = cfg.model_copy(update={"labels": cfg.labels.model_copy(update={"proposal": "vnet"})})
+    with pytest.raises(DataError, match="boneseg propose"):
+        derive_labels(cfg, progress=False)
+    propose(cfg, progress=False)
+    rows = derive_labels(cfg, progress=False)["cases"]
+    assert {r["proposal"] for r in rows if r["cohort"] == "abdomen"} == {"vnet"}
+
+
+def test_too_few_thigh_cts_is_an_error_that_names_the_setting(tiny_pipeline, tmp_path):
+    cfg = tiny(tiny_pipeline, tmp_path, val_cases=5)
+    with pytest.raises(DataError, match="propose.val_cases"):
+        propose(cfg, progress=False)
+    assert not (tmp_path / "proposals").exists()
+
+
+def test_crops_pad_small_volumes_and_a_ct_of_any_size_is_predicted_on_its_grid():
+    img = torch.rand(1, 1, 10, 9, 5)
+    mask = (img > 0.7).float()
+    g = torch.Generator().manual_seed(0)
+    x, y = random_crops([(img, mask, {})], (16, 16, 16), 3, 0.5, g)
+    assert x.shape == (3, 1, 16, 16, 16) and y.shape == (3, 16, 16, 16) and y.dtype == torch.int64
+    cfg = Config().model_copy(update={"propose": Config().propose.model_copy(update={
+        "spacing_mm": (3.0, 3.0, 3.0), "crop": (16, 16, 16), "window": (16, 16, 16)})})
+    from boneseg.core.propose import build_vnet
+
+    torch.manual_seed(0)
+    net = build_vnet()
+    hu = np.full((23, 17, 3), -1000, np.int16)  # sides not multiples of 16, and only 3 slices
+    ct = Volume(hu, np.diag([2.0, 2.0, 5.0, 1.0]))
+    cpu = torch.device("cpu")
+    out = predict(net, ct, cfg, cpu, autocast_args(cfg.train, cpu))
+    assert out.shape == (23, 17, 3) and out.dtype == bool
