@@ -54,6 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Config.model_validate({"data": {
             "raw_dir": f"{tmp}/raw", "labels_dir": f"{tmp}/labels", "corrections_dir": f"{tmp}/c",
+            "proposals_dir": f"{tmp}/p",
             "splits_file": f"{tmp}/splits.json", "slices_dir": f"{tmp}/slices", "image_size": 320,
             "synth": {"seed": 1, "abdomen": args.cases, "thigh": 0, "matrix": 320, "slices": args.slices}}})
         synthesize(cfg.data.synth, cfg.data.raw_dir, progress=False)

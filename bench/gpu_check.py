@@ -135,6 +135,7 @@ def cohort(tmp: Path, smoke: bool) -> Path:
         f"data.raw_dir={tmp}/raw",
         f"data.labels_dir={tmp}/labels",
         f"data.corrections_dir={tmp}/c",
+        f"data.proposals_dir={tmp}/p",
         f"data.splits_file={tmp}/splits.json",
         f"data.slices_dir={tmp}/slices",
         "splits.folds=4",

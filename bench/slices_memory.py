@@ -33,7 +33,7 @@ def measure(root: Path, n: int, matrix: int, slices: int, size: int) -> dict:
     raw = root / f"raw{n}"
     synthesize(SynthConfig(seed=0, abdomen=n, thigh=0, matrix=matrix, slices=slices), raw, progress=False)
     data = {"raw_dir": str(raw), "labels_dir": str(root / f"lab{n}"), "slices_dir": str(root / f"sl{n}"),
-            "corrections_dir": str(root / "none"), "image_size": size}
+            "corrections_dir": str(root / "none"), "proposals_dir": str(root / "none"), "image_size": size}
     derive_labels(Config.model_validate({"data": data}), progress=False)
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps({"data": data})], capture_output=True,
                          text=True, check=True)

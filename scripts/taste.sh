@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A two-minute taste: the whole pipeline (synth -> labels -> splits -> slices -> pretrain ->
+# A two-minute taste: the whole pipeline (synth -> propose -> labels -> splits -> slices -> pretrain ->
 # sweep -> report) on the smoke experiment (6 tiny CTs, 64 px slices, 1 epoch, 2 folds) in a
 # folder of its own. The repository's data/, results/ and mlflow.db are not touched.
 # Its scores mean nothing: it shows the plumbing working, not a model.
@@ -14,6 +14,7 @@ mkdir -p "$out/corrections"
 set_paths=(
   --experiment "$PWD/experiments/smoke.yaml"
   --set "data.raw_dir=$out/raw" --set "data.labels_dir=$out/labels" --set "data.corrections_dir=$out/corrections"
+  --set "data.proposals_dir=$out/proposals"
   --set "data.splits_file=$out/splits.json" --set "data.slices_dir=$out/slices"
   --set "model.thigh_weights=$out/pretrain/thigh_encoder.safetensors" --set "train.out_dir=$out/train"
   --set "tracking.uri=sqlite:///$out/mlflow.db" --set "sweep.storage_path=$out/ray_results"
@@ -22,7 +23,7 @@ set_paths=(
   --set "report.out_dir=$out/results/report"
 )
 start=$(date +%s)
-for stage in synth labels splits slices pretrain sweep report; do
+for stage in synth propose labels splits slices pretrain sweep report; do
   echo "taste: $stage"
   (cd "$out" && MLFLOW_TRACKING_URI= "$OLDPWD/.venv/bin/boneseg" --params "$OLDPWD/params.yaml" \
       "${set_paths[@]}" "$stage" > "$out/$stage.log" 2>&1) \

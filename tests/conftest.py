@@ -54,7 +54,8 @@ def tiny_pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     cfg = Config.model_validate({
         "data": {"raw_dir": str(root / "raw"), "labels_dir": str(root / "labels"),
-                 "corrections_dir": str(root / "corr"), "splits_file": str(root / "splits.json"),
+                 "corrections_dir": str(root / "corr"), "proposals_dir": str(root / "proposals"),
+                 "splits_file": str(root / "splits.json"),
                  "slices_dir": str(root / "slices"), "image_size": 32,
                  "synth": {"seed": 4, "abdomen": 5, "thigh": 2, "matrix": 64, "slices": 6}},
         "splits": {"folds": 2, "test_cases": 1},

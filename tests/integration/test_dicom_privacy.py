@@ -34,6 +34,7 @@ def test_no_header_identifier_reaches_data_or_mlflow(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     cfg = Config.model_validate({
         "data": {"raw_dir": "raw", "labels_dir": "labels", "corrections_dir": "corr",
+                 "proposals_dir": "proposals",
                  "splits_file": "splits.json", "slices_dir": "slices", "image_size": 32,
                  "synth": {"seed": 4, "abdomen": 5, "thigh": 2, "matrix": 64, "slices": 6}},
         "splits": {"folds": 2, "test_cases": 1},

@@ -33,6 +33,7 @@ def test_paper_profile_trains_and_evaluates_at_320_batch_32(tmp_path):
             f"data.raw_dir={tmp_path}/raw",
             f"data.labels_dir={tmp_path}/labels",
             f"data.corrections_dir={tmp_path}/c",
+            f"data.proposals_dir={tmp_path}/proposals",
             f"data.splits_file={tmp_path}/splits.json",
             f"data.slices_dir={tmp_path}/slices",
             "data.synth.abdomen=7",

@@ -103,7 +103,7 @@ def test_stage_writes_labels_and_qa(tmp_path):
             "data": {
                 "raw_dir": str(tmp_path / "raw"),
                 "labels_dir": str(tmp_path / "labels"),
-                "corrections_dir": str(tmp_path / "corr"),
+                "corrections_dir": str(tmp_path / "corr"), "proposals_dir": str(tmp_path / "proposals"),
             }
         }
     )

@@ -105,7 +105,7 @@ def test_slices_stage_and_dataset(tmp_path):
                 "labels_dir": str(tmp_path / "lab"),
                 "slices_dir": str(tmp_path / "sl"),
                 "image_size": 32,
-                "corrections_dir": str(tmp_path / "c"),
+                "corrections_dir": str(tmp_path / "c"), "proposals_dir": str(tmp_path / "p"),
             }
         }
     )

@@ -64,7 +64,11 @@ def vnet_proposal(ct: Volume, ct_path, proposals_dir: Path | None, case_id: str)
     path = Path(proposals_dir) / f"{case_id}.nii.gz" if proposals_dir else None
     if path is None or not path.is_file():
         return None
-    return load_labels(path, ct, ct_path, allowed=(0, 1)).data == 1
+    try:
+        return load_labels(path, ct, ct_path, allowed=(0, 1)).data == 1
+    except DataError as exc:  # e.g. proposals left from another cohort
+        raise DataError(f"{exc} The proposals do not belong to these CTs: run `boneseg propose` (or "
+                        "`dvc repro propose`) again, or point data.proposals_dir elsewhere.") from None
 
 
 def derive_case(case: dict, corrections_dir: Path, cfg: LabelsConfig,
@@ -140,7 +144,7 @@ def source_totals(rows: list[dict]) -> dict:
     """Per proposal source over the cases that have it: mean bone Dice and organ shares,
     summed effort (voxels, regions, slices)."""
     out = {}
-    for src in ("threshold", "filled", "vnet", "unet"):
+    for src in ("threshold", "filled", "vnet"):
         qs = [r["sources"][src] for r in rows if src in r.get("sources", {})]
         if not qs:
             continue
