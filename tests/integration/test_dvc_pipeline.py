@@ -1,11 +1,14 @@
 """Real DVC in a real git repository: repro of the whole pipeline (the sweep on a local Ray
 included), no-op repro, param change re-runs only downstream, push/pull to a remote."""
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import yaml
 
@@ -72,6 +75,24 @@ def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
 
     again = run("dvc repro", repo, env)
     assert ran_stages(again) == set() and "Data and pipelines are up to date." in again
+
+    # the annotator's round trip: export a case, edit it (here: the truth without its vessels),
+    # import it, and `dvc repro` derives the labels from it and retrains on them
+    case = "abd001"
+    assert "itksnap -g" in run(f"boneseg correct export {case}", repo, env)
+    truth = nib.load(repo / "data/raw/abdomen" / case / "truth.nii.gz")
+    edited = np.asarray(truth.dataobj).astype(np.uint16)
+    edited[edited == 3] = 0
+    nib.save(nib.Nifti1Image(edited, truth.affine), repo / "annotate" / case / "start.nii.gz")
+    assert "effort:" in run(f"boneseg correct import {case} annotate/{case}/start.nii.gz", repo, env)
+    redo = ran_stages(run("dvc repro", repo, env))
+    assert {"labels", "slices", "sweep", "report"} <= redo and not redo & {"synth", "propose"}
+    record = json.loads((repo / "data/corrections" / f"{case}.json").read_text())
+    qa = json.loads((repo / "data/labels/qa.json").read_text())
+    row = next(r for r in qa["cases"] if r["case"] == case)
+    assert row["label_source"] == "correction" and row["correction_effort"] == record["effort"]
+    label = np.load(repo / "data/slices" / case / "label.npy")
+    assert 3 not in np.unique(label) and 1 in np.unique(label)  # what the sweep trained on: the edit
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["splits"]["seed"] = 99

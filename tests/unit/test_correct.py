@@ -120,6 +120,26 @@ def test_a_bad_edit_is_refused_with_the_file_named_and_nothing_written(tiny_pipe
     assert not (tmp_path / "corr").exists() or not any((tmp_path / "corr").iterdir())
 
 
+def test_export_keeps_an_existing_workspace_and_import_checks_the_workspace_case(tiny_pipeline, tmp_path):
+    cfg = tiny_pipeline.model_copy(update={"data": tiny_pipeline.data.model_copy(update={
+        "corrections_dir": str(tmp_path / "corr"), "annotate_dir": str(tmp_path / "annotate")})})
+    a, b = [c["case"] for c in find_cases(cfg.data.raw_dir) if c["cohort"] == "abdomen"][:2]
+    ws, _ = export_case(cfg, a)
+    (ws / "start.nii.gz").write_bytes(b"the annotator's unsaved work")
+    with pytest.raises(DataError, match="--force"):
+        export_case(cfg, a)
+    assert (ws / "start.nii.gz").read_bytes() == b"the annotator's unsaved work"
+    export_case(cfg, a, force=True)
+    assert nib.load(ws / "start.nii.gz").shape == nib.load(find_case_ct(cfg, a)).shape
+    with pytest.raises(DataError, match=f"workspace is for case {a}, not {b}"):
+        import_correction(cfg, b, ws / "start.nii.gz")
+    assert not (tmp_path / "corr").exists()
+
+
+def find_case_ct(cfg, case_id):
+    return next(c["ct"] for c in find_cases(cfg.data.raw_dir) if c["case"] == case_id)
+
+
 def test_export_refuses_an_unknown_case_and_a_missing_vnet_proposal(tiny_pipeline, tmp_path):
     cfg = tiny_pipeline.model_copy(update={"data": tiny_pipeline.data.model_copy(update={
         "annotate_dir": str(tmp_path / "annotate"), "proposals_dir": str(tmp_path / "proposals")})})

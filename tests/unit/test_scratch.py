@@ -3,6 +3,8 @@ same host, a live one's and another host's never."""
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from boneseg.sweep.trial import _host, make_scratch, reap_scratch
 
@@ -25,6 +27,18 @@ def test_reap_removes_only_this_hosts_dead_trials(tmp_path):
     assert reap_scratch(root) == [dead]
     assert not dead.exists() and live.is_dir() and other.is_dir() and stranger.is_dir()
     assert reap_scratch(tmp_path / "absent") == []
+
+
+def test_a_zombie_counts_as_dead(tmp_path):
+    """A SIGKILLed worker is a zombie until its parent reaps it: its folder goes."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 10
+    while Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.time() < deadline, "the child did not exit"
+    zombie = tmp_path / f"multi-random-fold0-{_host()}-{p.pid}-zz"
+    zombie.mkdir()
+    assert reap_scratch(tmp_path) == [zombie]
+    p.wait()
 
 
 def test_make_scratch_names_its_owner_and_reaps_first(tmp_path, monkeypatch):

@@ -73,13 +73,18 @@ def start_map(cfg: Config, case: dict, ct: Volume, proposal: str) -> np.ndarray:
 
 
 def export_case(cfg: Config, case_id: str, out_dir: str | Path | None = None,
-                proposal: str | None = None) -> tuple[Path, str]:
-    """Write the workspace; returns (folder, the ITK-SNAP command that opens it)."""
+                proposal: str | None = None, force: bool = False) -> tuple[Path, str]:
+    """Write the workspace; returns (folder, the ITK-SNAP command that opens it). An existing
+    workspace may hold an annotator's unsaved work: it is replaced only with `force`."""
     case = find_case(cfg, case_id)
+    folder = Path(out_dir or cfg.data.annotate_dir) / case_id
+    if folder.exists() and not force:
+        raise DataError(f"{folder}: a workspace for {case_id} exists and may hold edits. Import them "
+                        f"(`boneseg correct import {case_id} FILE`), or export again with --force to start "
+                        "over.")
     proposal = proposal or cfg.labels.proposal
     ct = load_ct(case["ct"])
     start = start_map(cfg, case, ct, proposal)
-    folder = Path(out_dir or cfg.data.annotate_dir) / case_id
     ids = sorted(k for k in LABEL_IDS if k)
     command = f"itksnap -g {folder / 'ct.nii.gz'} -s {folder / START} -l {folder / LABEL_FILE}"
     with atomic_dir(folder) as tmp:
@@ -99,6 +104,11 @@ def import_correction(cfg: Config, case_id: str, edited: str | Path) -> dict:
     the record written beside it (with the effort against the proposal it started from)."""
     case = find_case(cfg, case_id)
     edited = Path(edited)
+    ws = edited.parent / WORKSPACE
+    meta = json.loads(ws.read_text()) if ws.is_file() else {}
+    if meta.get("case") not in (None, case_id):
+        raise DataError(f"{edited}: its workspace is for case {meta['case']}, not {case_id}. Import it "
+                        f"with `boneseg correct import {meta['case']} {edited}`.")
     ct = load_ct(case["ct"])
     if edited.is_file():
         import nibabel as nib
@@ -116,11 +126,6 @@ def import_correction(cfg: Config, case_id: str, edited: str | Path) -> dict:
     except DataError as exc:
         raise DataError(f"{exc} (boneseg correct import: nothing was written; save the segmentation from "
                         f"the workspace opened with `boneseg correct export {case_id}`)") from None
-    ws = edited.parent / WORKSPACE
-    meta = json.loads(ws.read_text()) if ws.is_file() else {}
-    if meta.get("case") not in (None, case_id):
-        raise DataError(f"{edited}: its workspace is for case {meta['case']}, not {case_id}. Import it "
-                        f"with `boneseg correct import {meta['case']} {edited}`.")
     proposal = meta.get("proposal", cfg.labels.proposal)
     record = {"case": case_id, "started_from": proposal, "exported_at": meta.get("exported_at"),
               "imported_at": now(), "effort": effort(start_map(cfg, case, ct, proposal), final.data)}

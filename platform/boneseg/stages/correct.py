@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     e.add_argument("--out", help="the workspaces' folder (default: data.annotate_dir)")
     e.add_argument("--proposal", choices=["threshold", "filled", "vnet"],
                    help="the starting map (default: labels.proposal)")
+    e.add_argument("--force", action="store_true", help="replace an existing workspace (and any edits in it)")
     i = actions.add_parser("import", help="check an edited label map and store it as the case's correction")
     i.add_argument("case", help="a case id, e.g. abd000")
     i.add_argument("file", help="the edited label map (.nii.gz)")
@@ -29,7 +30,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     from boneseg.core.correct import export_case, import_correction
 
     if args.action == "export":
-        folder, command = export_case(cfg, args.case, args.out, args.proposal)
+        folder, command = export_case(cfg, args.case, args.out, args.proposal, args.force)
         print(f"correct: workspace for {args.case} in {folder} (see its README.md); open it with")
         print(f"  {command}")
         print(f"then: boneseg correct import {args.case} <the saved segmentation>")

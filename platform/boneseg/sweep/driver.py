@@ -210,6 +210,9 @@ def _run(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_n
         runs.close({}, None, ok=False)
         raise
     t_end = time.perf_counter()
+    from boneseg.sweep.trial import reap_scratch, scratch_root
+
+    reap_scratch(scratch_root())  # killed trials' scratch on this host (a retry may have started too early)
     with tempfile.TemporaryDirectory(prefix="boneseg-fetched-") as fetched:  # s3:// checkpoints
         outcomes = outcomes_of(grid_result, Path(fetched))
         table, rows, failed = collect(outcomes, variants, folds)

@@ -7,7 +7,8 @@ of the worker, never inside the trial folder that Tune syncs: Tune copies each r
 checkpoint into its storage before `tune.report` returns, so the scratch copy can go.
 The folder is `<tmp>/boneseg-scratch/<variant>-fold<k>-<host>-<pid>-<random>`: a trial
 removes its own on the way out, and a worker that was killed (SIGKILL, a lost driver)
-cannot, so each trial first removes the folders of this host whose process is gone.
+cannot, so each trial first removes the folders of this host whose process is gone, and
+the driver does the same for its own host when the grid ends.
 """
 from __future__ import annotations
 
@@ -27,13 +28,19 @@ SCRATCH = "boneseg-scratch"  # under the worker's temporary folder
 
 
 def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a SIGKILLed worker stays one until its
+    parent, the raylet, reaps it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (macOS) or it just ended: trust kill()
+        return True
+    return state not in ("Z", "X")
 
 
 def _host() -> str:
@@ -52,8 +59,12 @@ def reap_scratch(root: Path) -> list[Path]:
     return gone
 
 
+def scratch_root() -> Path:
+    return Path(tempfile.gettempdir()) / SCRATCH
+
+
 def make_scratch(variant: str, fold: int) -> Path:
-    root = Path(tempfile.gettempdir()) / SCRATCH
+    root = scratch_root()
     root.mkdir(exist_ok=True)
     reap_scratch(root)
     return Path(tempfile.mkdtemp(prefix=f"{variant}-fold{fold}-{_host()}-{os.getpid()}-", dir=root))
