@@ -139,13 +139,13 @@ def propose(cfg: Config, progress: bool = True) -> dict:
                         "or lower propose.val_cases.")
     device, autocast = prepare_runtime(cfg.train)
     seed_everything(pc.seed)
-    vols = thigh_volumes(cfg, thighs)
-    train, val = vols[pc.val_cases:], vols[:pc.val_cases]
+    val = thighs[:pc.val_cases]  # scored on their own grid below; only the rest is resampled for training
+    train = thigh_volumes(cfg, thighs[pc.val_cases:])
     t0 = time.perf_counter()
     model, losses = train_vnet(cfg, train, device, autocast)
     train_s = time.perf_counter() - t0
     val_dice = {}
-    for _, _, c in val:  # on the CT's own grid against its femur mask, as the labels stage makes it
+    for c in val:  # on the CT's own grid against its femur mask, as the labels stage makes it
         ct = load_ct(c["ct"])
         val_dice[c["case"]] = dice(predict(model, ct, cfg, device, autocast),
                                    bone_proposals(ct, "thigh", cfg.labels)["filled"])
