@@ -139,6 +139,12 @@ def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkey
         "fold0",
         "fold1",
     ]
+    splits = json.loads(Path(cfg.data.splits_file).read_text())
+    for variant in cfg.sweep.variants:  # each trial's maps of the cases it did not train on, through Ray
+        for k, f in enumerate(splits["folds"]):
+            folder = tmp_path / "trials" / variant / f"fold{k}" / "predictions"
+            got = sorted(p.name for p in folder.iterdir())
+            assert got == sorted(f"{case}.nii.gz" for case in f["val"] + splits["test"])
     check_segment_and_report(cfg, tmp_path, c, parent.info.run_id, metrics, monkeypatch)
 
 
@@ -209,6 +215,12 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     assert [o["kind"] for o in saved["overlays"]] == ["best", "worst"]
     assert {o["case"] for o in saved["overlays"]} <= best_rows
     assert "report/index.html" in {a.path for a in client.list_artifacts(parent_id, "report")}
+    effort = saved["labelling_effort"]  # the U-Net's out-of-fold proposals beside the labels QA's
+    assert effort["unet_variants"] == {"unet": "multi-random", "unet-bone": "single-random"}
+    assert list(effort["totals"]) == ["threshold", "filled", "unet", "unet-bone"]
+    totals = effort["totals"]
+    assert totals["unet"]["cases"] == totals["filled"]["cases"] == len(effort["cases"]) == 5
+    assert "U-Net (multi-random, out of fold)" in page
 
 
 def test_preflight_reports_each_problem_in_one_line(tiny_pipeline, tmp_path, monkeypatch):

@@ -67,6 +67,8 @@ class DataConfig(_Strict):
     labels_dir: str = "data/labels"
     corrections_dir: str = "data/corrections"
     proposals_dir: str = "data/proposals"
+    unet_proposals_dir: str = Field("data/proposals_unet", description="`boneseg propose --model`: a trained "
+                                    "U-Net's four-class proposals for new CTs (git-ignored)")
     annotate_dir: str = "annotate"
     splits_file: str = "data/splits.json"
     slices_dir: str = "data/slices"

@@ -62,7 +62,18 @@ def find_case(cfg: Config, case_id: str) -> dict:
 
 
 def start_map(cfg: Config, case: dict, ct: Volume, proposal: str) -> np.ndarray:
-    """The label map an annotator starts from: a bone proposal as ids (1 bone, 0 else)."""
+    """The label map an annotator starts from: a bone proposal as ids (1 bone, 0 else), or
+    the U-Net's four-class map (`boneseg propose --model`)."""
+    if proposal == "unet":
+        path = Path(cfg.data.unet_proposals_dir) / f"{case['case']}.nii.gz"
+        if not path.is_file():
+            raise DataError(f"{path}: no U-Net proposal for {case['case']}. Run `boneseg propose --model "
+                            f"REF --input {cfg.data.raw_dir}` (REF: results/model, models:/boneseg/N or a "
+                            "run id), or start from another proposal.")
+        try:
+            return load_labels(path, ct, case["ct"]).data
+        except DataError as exc:
+            raise DataError(f"{exc} Propose this case again with `boneseg propose --model REF`.") from None
     if proposal == "vnet":
         mask = vnet_proposal(ct, case["ct"], Path(cfg.data.proposals_dir), case["case"])
         if mask is None:

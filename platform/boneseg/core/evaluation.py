@@ -1,6 +1,7 @@
 """3-D evaluation of a model on the training slices of some cases: predict every slice,
 restack, resample back to the CT's own grid, argmax, and score per docs/architecture.md
-(`metrics.case_metrics`); and `evaluate_folder`, label maps on disk vs ground truth
+(`metrics.case_metrics`), keeping each predicted label map (a trial writes them as its
+out-of-fold proposals, `core.assist`); and `evaluate_folder`, label maps on disk vs ground truth
 (nnU-Net's evaluate_folder)."""
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import numpy as np
 
 from boneseg.core.dataset import open_targets, training_targets
 from boneseg.core.inference import predict_slices
+from boneseg.core.io import atomic_dir
 from boneseg.core.labelmap import LABEL_IDS, merge_classes
 from boneseg.core.layout import SLICE_IMAGE, label_path
 from boneseg.core.losses import segmentation_loss
 from boneseg.core.metrics import case_metrics, fold_summary, n_nan, nanmean
-from boneseg.core.nifti import check_pair, load_labels, strip_nifti_suffix
+from boneseg.core.nifti import Volume, check_pair, load_labels, save_volume, strip_nifti_suffix
 from boneseg.core.preprocess import resize_back
 from boneseg.errors import DataError
 
@@ -31,9 +33,9 @@ def evaluate_case(
     loss_kind: str = "dice_ce",
     batch: int = 32,
     targets: str = "hard",
-) -> dict:
+) -> tuple[dict, Volume]:
     """Predict one patient and score it in its CT's own space; also the 2-D loss at slice
-    size against the same kind of target that training uses."""
+    size against the same kind of target that training uses. -> (scores, the label map)."""
     d = Path(slices_dir) / case
     image = np.load(d / SLICE_IMAGE, mmap_mode="r")
     small_truth = training_targets(open_targets(d, targets, mmap=False), classes, targets)
@@ -42,16 +44,30 @@ def evaluate_case(
     info = index["cases"][case]
     probs = logits.softmax(dim=1).numpy()  # (Z, K, S, S)
     pred = resize_back(probs, tuple(info["shape"][:2])).argmax(axis=-1).astype(np.uint8)  # (X, Y, Z)
-    truth = merge_classes(load_labels(label_path(labels_dir, case)).data, classes)
-    return {"case": case, "loss": loss, **case_metrics(pred, truth, info["spacing"], logits.shape[1])}
+    labels = load_labels(label_path(labels_dir, case))
+    truth = merge_classes(labels.data, classes)
+    row = {"case": case, "loss": loss, **case_metrics(pred, truth, info["spacing"], logits.shape[1])}
+    return row, Volume(pred, labels.affine)
 
 
 def validate(model, cases: list[str], data, train, classes: str, device, autocast: dict,
-             index: dict) -> tuple[dict, list]:
-    """Score `cases` (data: DataConfig, train: TrainConfig) -> (fold summary, per-case rows)."""
-    rows = [evaluate_case(model, c, Path(data.slices_dir), Path(data.labels_dir), index, classes, device,
-                          autocast, train.loss, train.eval_batch_size, train.targets) for c in cases]
-    return fold_summary(rows), rows
+             index: dict) -> tuple[dict, list, dict]:
+    """Score `cases` (data: DataConfig, train: TrainConfig) -> (fold summary, per-case rows,
+    {case: predicted label map})."""
+    rows, maps = [], {}
+    for c in cases:
+        row, maps[c] = evaluate_case(model, c, Path(data.slices_dir), Path(data.labels_dir), index, classes,
+                                     device, autocast, train.loss, train.eval_batch_size, train.targets)
+        rows.append(row)
+    return fold_summary(rows), rows, maps
+
+
+def write_predictions(folder: Path, maps: dict) -> None:
+    """{case: label map} -> folder/<case>.nii.gz (uint8 ids on the CT's grid), the folder
+    replaced whole."""
+    with atomic_dir(folder) as tmp:
+        for case, vol in sorted(maps.items()):
+            save_volume(vol, tmp / f"{case}.nii.gz")
 
 
 # ---------------------------------------------------------------- label maps on disk

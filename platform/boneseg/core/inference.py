@@ -25,7 +25,7 @@ from boneseg.core.models import build_model
 from boneseg.core.nifti import Volume, is_nifti_name, load_ct, save_volume
 from boneseg.core.preprocess import resize_back, stack_25d, window_planes
 from boneseg.core.runtime import place_model, prepare_runtime
-from boneseg.errors import DataError
+from boneseg.errors import ConfigError, DataError
 
 
 @dataclass
@@ -147,6 +147,16 @@ def bone_ml(labels: np.ndarray, spacing) -> float:
     return round(int((labels == 1).sum()) * float(np.prod(spacing)) / 1000.0, 2)
 
 
+def parse_folds(text: str) -> list[int] | None:
+    """--folds: "all" (None) or fold numbers like "0,1"."""
+    if text == "all":
+        return None
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--folds {text!r}: expected 'all' or fold numbers like 0,1") from None
+
+
 def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     """(input, output) pairs: FILE -> FILE (or into a folder), DIR -> DIR by file name."""
     if inp.is_dir():
@@ -171,9 +181,17 @@ def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
 def segment_files(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], folds: list[int] | None = None,
                   device: str = "auto", classes: str = "all", progress: bool = True) -> list[dict]:
     """Segment a CT file or folder with the fold models in `checkpoints` (ensembled)."""
+    pairs = plan_outputs(Path(inp), Path(out))
+    return segment_pairs(cfg, pairs, checkpoints, folds, device, classes, progress)
+
+
+def segment_pairs(cfg: Config, pairs: list[tuple[Path, Path]], checkpoints: list[Path],
+                  folds: list[int] | None = None, device: str = "auto", classes: str = "all",
+                  progress: bool = True) -> list[dict]:
+    """(CT, output) pairs -> label maps (one atomic file each) and the label description
+    file in every output folder."""
     from tqdm import tqdm
 
-    pairs = plan_outputs(Path(inp), Path(out))
     tc = cfg.train.model_copy(update={"device": device})
     dev, autocast = prepare_runtime(tc)
     models = load_fold_models(checkpoints, dev, folds, tc.channels_last)

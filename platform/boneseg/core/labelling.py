@@ -113,7 +113,9 @@ def derive_case(case: dict, corrections_dir: Path, cfg: LabelsConfig,
         else 0,
     }
     if source == "correction":  # the effort of the correction as made (boneseg correct import)
-        qa["correction_effort"] = effort(start, final)
+        qa["correction_effort"] = effort(start, final) if started in prop else record.get("effort")
+        if started not in prop and record.get("effort"):  # from the U-Net's map, as imported
+            qa["corrected_voxels"] = record["effort"]["voxels"]
     if truth is not None:
         bone = truth.data == 1
         qa.update(dice_threshold=dice(thr, bone), dice_filled=dice(filled, bone),
@@ -140,11 +142,14 @@ def summarise(rows: list[dict]) -> dict:
     return total
 
 
+SOURCE_ORDER = ("threshold", "filled", "vnet", "unet", "unet-bone")  # the U-Net's: `core.assist`
+
+
 def source_totals(rows: list[dict]) -> dict:
     """Per proposal source over the cases that have it: mean bone Dice and organ shares,
     summed effort (voxels, regions, slices)."""
     out = {}
-    for src in ("threshold", "filled", "vnet"):
+    for src in SOURCE_ORDER:
         qs = [r["sources"][src] for r in rows if src in r.get("sources", {})]
         if not qs:
             continue

@@ -6,6 +6,8 @@ that say which stage to run when something is missing.
     data/corrections/<case>.nii.gz
     data/splits.json
     data/slices/index.json, data/slices/<case>/{image,label,soft}.npy
+    data/proposals/<case>.nii.gz (V-Net), data/proposals_unet/<case>.nii.gz (U-Net)
+    results/trials/<variant>/fold<k>/predictions/<case>.nii.gz (out-of-fold label maps)
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ TARGET_FILES = {
     "soft": "soft.npy",
 }  # training targets per case under data/slices/<case>/
 QA_FILE = "qa.json"
+PREDICTIONS = "predictions"  # a trial's label maps of the cases it did not train on (val + test)
 
 
 def find_cases(raw_dir: str | Path) -> list[dict]:

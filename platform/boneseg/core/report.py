@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from boneseg.core.assist import effort_html, labelling_effort
 from boneseg.core.config import VARIANTS, Config
 from boneseg.core.io import atomic_dir
 from boneseg.core.labelmap import BONE
-from boneseg.core.layout import find_cases, label_path, load_qa
+from boneseg.core.layout import find_cases, label_path
 from boneseg.core.nifti import load_ct, load_labels, to_canonical
 from boneseg.core.preprocess import apply_window
 from boneseg.core.stats import statistics
@@ -199,15 +200,7 @@ def _p(p: float, n: int) -> str:
     return f"< {1 / n:.0e}" if p == 0 else fmt(p, 3)
 
 
-def effort_rows(sources: dict) -> str:
-    """The labels QA's effort per proposal source as table rows (data/labels/qa.json)."""
-    return "".join(f"<tr><td>{html.escape(k)}</td><td>{t['cases']}</td><td>{fmt(t['bone_dice'])}</td>"
-                   f"<td>{t['on_kidney']:.1%}</td><td>{t['on_vessel']:.1%}</td><td>{t['on_liver']:.1%}</td>"
-                   f"<td>{t['voxels']}</td><td>{t['components']}</td><td>{t['slices']}</td></tr>"
-                   for k, t in sources.items())
-
-
-def render_html(res: dict, stats: dict, figures: list[str], overlays: list[dict], sources: dict) -> str:
+def render_html(res: dict, stats: dict, figures: list[str], overlays: list[dict], effort: str) -> str:
     m = res["metrics"]
     rows = []
     for v in res["variants"]:
@@ -256,9 +249,9 @@ two-sided bootstrap p-value. "Excludes 0": the interval does not contain 0.</p>
 <h2>Labelling effort per proposal source</h2>
 <p>What correcting each automatic proposal into the final label map costs an annotator (abdominal cases;
 docs/labelling.md): voxels to paint, regions to relabel, axial slices touched; bone Dice against the
-truth and the share of the proposed bone lying on other organs.</p>
-<table><tr><th>start from</th><th>cases</th><th>bone Dice</th><th>on kidney</th><th>on vessel</th>
-<th>on liver</th><th>voxels</th><th>regions</th><th>slices</th></tr>{effort_rows(sources)}</table>
+truth and the share of the proposed bone lying on other organs. The U-Net rows are out of fold: each case
+is proposed by the fold model that did not train on it.</p>
+{effort}
 <h2>Figures</h2><ul>{ov}</ul>{imgs}
 </body></html>
 """
@@ -271,7 +264,7 @@ def build_report(cfg: Config) -> dict:
         raise DataError(f"{cfg.sweep.metrics_file}: no variant scores. The sweep finished no variant.")
     stats = statistics(res["rows"], res["variants"], cfg.report.bootstrap, cfg.report.seed)
     overlays = overlay_cases(cfg, res)
-    sources = (load_qa(cfg.data.labels_dir) or {}).get("total", {}).get("sources", {})
+    effort = labelling_effort(cfg, res["metrics"])
     with atomic_dir(cfg.report.out_dir) as out:
         figures = ["fig_folds.png", "fig_curves.png"]
         fig_folds(res, out / figures[0])
@@ -285,8 +278,10 @@ def build_report(cfg: Config) -> dict:
             "overlays": [{k: v for k, v in o.items() if k not in ("ct", "pred", "truth")} for o in overlays],
             "sweep": res["index"],
             "figures": figures,
-            "labelling_effort": sources,
+            "labelling_effort": effort,
         }
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / "index.html").write_text(render_html(res, stats, figures, overlays, sources))
+        (out / "index.html").write_text(render_html(res, stats, figures, overlays,
+                                                        effort_html(effort["totals"], effort["cases"],
+                                                                    effort["unet_variants"])))
     return report

@@ -20,10 +20,10 @@ from boneseg.core.augment import prepare_batch
 from boneseg.core.config import VARIANTS, Config, TrainConfig
 from boneseg.core.dataset import SliceDataset, make_loader
 from boneseg.core.device_data import DeviceSlices, use_device_data
-from boneseg.core.evaluation import validate
+from boneseg.core.evaluation import validate, write_predictions
 from boneseg.core.io import atomic_path, write_json
 from boneseg.core.labelmap import n_classes
-from boneseg.core.layout import load_index, load_splits
+from boneseg.core.layout import PREDICTIONS, load_index, load_splits
 from boneseg.core.losses import segmentation_loss
 from boneseg.core.models import build_model
 from boneseg.core.runtime import (
@@ -219,13 +219,13 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
     for cb in callbacks:
         getattr(cb, "on_start", lambda i: None)(info)
     info["setup_seconds"] = time.perf_counter() - t_start
-    last_val = None  # (summary, rows) of the model as it stands, if validated after its last epoch
+    last_val = None  # (summary, rows, maps) of the model as it stands, if validated after its last epoch
     for epoch in range(start, tc.epochs):
         tr = train_epoch(model, loader(epoch), opt, sched, scaler, tc, device, autocast)
         metrics, last_val = {"epoch": epoch, **tr}, None
         if validates(epoch, tc):
             t = time.perf_counter()
-            val, rows = last_val = validate(model, val_cases, cfg.data, tc, classes, device, autocast, index)
+            val, _, _ = last_val = validate(model, val_cases, cfg.data, tc, classes, device, autocast, index)
             metrics.update(epoch_metrics(val), val_seconds=time.perf_counter() - t)
         history.append(metrics)
         save_checkpoint(ckpt_path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
@@ -241,20 +241,22 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
 
 def finish(model, cfg: Config, out: Path, history: list, info: dict, device, autocast: dict, index: dict,
            last_val=None) -> TrialResult:
-    """Final 3-D evaluation of validation and test patients -> summary.json + model.pt.
+    """Final 3-D evaluation of validation and test patients -> summary.json + model.pt, and
+    every predicted label map in predictions/ (cases this model did not train on).
     `last_val` is the last epoch's validation of this same model (None after a resume
     that had no epoch left to train)."""
     classes = info["classes"]
     t0 = time.perf_counter()
-    val, val_rows = last_val or validate(
+    val, val_rows, maps = last_val or validate(
         model, info["val_cases"], cfg.data, cfg.train, classes, device, autocast, index
     )
     t1 = time.perf_counter()
-    test, test_rows = (
+    test, test_rows, test_maps = (
         validate(model, info["test_cases"], cfg.data, cfg.train, classes, device, autocast, index)
         if info["test_cases"]
-        else ({"bone_dice": float("nan")}, [])
+        else ({"bone_dice": float("nan")}, [], {})
     )
+    write_predictions(out / PREDICTIONS, {**maps, **test_maps})
     timing = {"setup_s": info.get("setup_seconds", 0.0),
               "train_s": sum(h.get("train_seconds", 0.0) for h in history),
               "epoch_val_s": sum(h.get("val_seconds", 0.0) for h in history),

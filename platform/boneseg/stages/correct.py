@@ -1,6 +1,6 @@
 """`boneseg correct`: the hand-correction round trip (`core.correct`).
 
-    boneseg correct export CASE [--out DIR] [--proposal threshold|filled|vnet]
+    boneseg correct export CASE [--out DIR] [--proposal threshold|filled|vnet|unet]
     boneseg correct import CASE FILE
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ def add_parser(sub) -> None:
     e = actions.add_parser("export", help="write a workspace (CT, starting labels, label files, README)")
     e.add_argument("case", help="a case id, e.g. abd000")
     e.add_argument("--out", help="the workspaces' folder (default: data.annotate_dir)")
-    e.add_argument("--proposal", choices=["threshold", "filled", "vnet"],
-                   help="the starting map (default: labels.proposal)")
+    e.add_argument("--proposal", choices=["threshold", "filled", "vnet", "unet"],
+                   help="the starting map (default: labels.proposal; unet: `boneseg propose --model`)")
     e.add_argument("--force", action="store_true", help="replace an existing workspace (and any edits in it)")
     i = actions.add_parser("import", help="check an edited label map and store it as the case's correction")
     i.add_argument("case", help="a case id, e.g. abd000")

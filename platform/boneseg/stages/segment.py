@@ -12,17 +12,8 @@ import json
 from pathlib import Path
 
 from boneseg.core.config import Config
-from boneseg.core.inference import plan_outputs, segment_files
-from boneseg.errors import ConfigError, DataError
-
-
-def parse_folds(text: str) -> list[int] | None:
-    if text == "all":
-        return None
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ConfigError(f"--folds {text!r}: expected 'all' or fold numbers like 0,1") from None
+from boneseg.core.inference import parse_folds, plan_outputs, segment_files
+from boneseg.errors import DataError
 
 
 def dicom_input(inp: Path) -> bool:

@@ -1,7 +1,8 @@
 """A sweep's finished trials -> the science it hands back to DVC (no Ray, no MLflow):
 results/metrics.json (each variant's scores, the best variant), results/folds.csv (one
 row per validation case), results/trials (every trial's summary + history, read by
-`report`) and results/model (the best variant's fold models, `segment --model`).
+`report`) and results/model (the best variant's fold models, `segment --model`); each trial folder also
+holds predictions/, its label maps of the cases it did not train on.
 
 Scores come from `core.metrics.variant_scores` over the trials' own summaries, never
 from the tracking store, so a tracking outage cannot change them.
@@ -19,6 +20,7 @@ from typing import Callable
 from boneseg.core.config import Config
 from boneseg.core.io import atomic_dir, atomic_write_text, write_json
 from boneseg.core.labelmap import LABEL_IDS
+from boneseg.core.layout import PREDICTIONS
 from boneseg.core.metrics import variant_scores
 
 MODEL_MANIFEST = "boneseg.json"
@@ -81,6 +83,8 @@ def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sw
             (t / "summary.json").write_text(json.dumps(o.summary, indent=1, default=float) + "\n")
             if o.model_dir and (o.model_dir / "history.json").is_file():
                 shutil.copy2(o.model_dir / "history.json", t / "history.json")
+            if o.model_dir and (o.model_dir / PREDICTIONS).is_dir():  # out-of-fold maps (`core.assist`)
+                shutil.copytree(o.model_dir / PREDICTIONS, t / PREDICTIONS)
             if o.variant == best and o.model_dir:
                 shutil.copy2(o.model_dir / "model.pt", models / f"fold{o.fold}.pt")
                 manifest["folds"].append(o.fold)

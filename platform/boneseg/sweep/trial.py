@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from boneseg.core.config import Config
+from boneseg.core.layout import PREDICTIONS
 from boneseg.sweep.faults import Injector
 
 FINAL = "final.json"  # in the last checkpoint: the trial's final result, reported again on restore
@@ -147,6 +148,7 @@ def trainable(config: dict) -> None:
         final_dir = scratch / "final"
         final_dir.mkdir()
         os.replace(scratch / "model.pt", final_dir / "model.pt")
+        os.replace(scratch / PREDICTIONS, final_dir / PREDICTIONS)  # out-of-fold label maps
         shutil.copy2(scratch / "history.json", final_dir / "history.json")
         final = {
             "final": True,
