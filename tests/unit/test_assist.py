@@ -13,6 +13,7 @@ from boneseg.core.assist import labelling_effort, oof_maps, oof_sources
 from boneseg.core.config import to_yaml
 from boneseg.core.correct import import_correction
 from boneseg.core.effort import effort, proposal_qa
+from boneseg.core.labelling import derive_labels
 from boneseg.core.layout import find_cases, label_path, load_splits
 from boneseg.core.metrics import dice
 from boneseg.core.training import fit
@@ -106,6 +107,12 @@ def test_propose_with_a_model_feeds_the_correction_round_trip(trials, tmp_path, 
     nib.save(nib.Nifti1Image(truth.astype(np.uint16), ct.affine), ws / "start.nii.gz")  # the annotator's edit
     record = import_correction(cfg, case["case"], ws / "start.nii.gz")
     assert record["started_from"] == "unet" and record["effort"] == effort(proposal, truth)
+    # the labels stage does not read the U-Net's folder: its QA row carries the effort as imported
+    cfg = with_(cfg, data={"labels_dir": str(tmp_path / "labels")})
+    row = next(r for r in derive_labels(cfg, progress=False)["cases"] if r["case"] == case["case"])
+    assert row["label_source"] == "correction" and row["proposal"] == "unet"
+    assert row["correction_effort"] == record["effort"]
+    assert row["corrected_voxels"] == record["effort"]["voxels"]
 
 
 def test_a_missing_unet_proposal_or_bad_input_is_refused_by_name(trials, tmp_path, capsys):
