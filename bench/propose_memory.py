@@ -69,28 +69,30 @@ def main() -> None:
     a = ap.parse_args()
     paper = yaml.safe_load((ROOT / "experiments" / "paper.yaml").read_text())["propose"]
     quick = {}  # params.yaml's propose: the defaults
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # each row is printed as soon as it is measured
         ct = make_ct(Path(tmp), a.slices, a.seed)
         q = run(quick, ct, a.threads)
+        shape = "x".join(map(str, q["shape"]))
+        print(f"V-Net proposal of one {shape} CT ({q['spacing'][0]:.2f} x {q['spacing'][1]:.2f} x "
+              f"{q['spacing'][2]:.2f} mm), {a.threads} threads, CPU:")
+        row("quick", q, "2.8 x 2.8 x 5 mm, 96 x 96 x 16 windows")
         p = run(paper, ct, a.threads)
-        d = run(paper, make_ct(Path(tmp), 2 * a.slices, a.seed), a.threads) if a.double else None
-    shape = "x".join(map(str, p["shape"]))
-    print(f"V-Net proposal of one {shape} CT ({p['spacing'][0]:.2f} x {p['spacing'][1]:.2f} x "
-          f"{p['spacing'][2]:.2f} mm), {a.threads} threads, CPU:")
-    for name, r, prof in (("quick", q, "2.8 x 2.8 x 5 mm, 96 x 96 x 16 windows"),
-                          ("paper", p, f"{' x '.join(map(str, paper['spacing_mm']))} mm, "
-                                       f"{' x '.join(map(str, paper['window']))} windows")):
-        print(f"  {name:<5} ({prof}): peak RSS {r['peak_gib']:.2f} GiB (process before: "
-              f"{r['before_gib']:.2f}), {r['seconds']:.1f} s, mask on the CT's grid: {r['mask_ok']}")
-    print(f"  paper / quick: peak {p['peak_gib'] / q['peak_gib']:.2f}x, "
-          f"time {p['seconds'] / q['seconds']:.1f}x")
-    fits = "fits" if p["peak_gib"] <= 16 else "OVER"
-    print(f"  paper peak / 16 GiB goal: {p['peak_gib'] / 16:.2f} ({fits})")
-    if d:
-        print(f"  paper, {'x'.join(map(str, d['shape']))} CT (2x slices): peak {d['peak_gib']:.2f} GiB, "
-              f"{d['seconds']:.1f} s; peak ratio 2x / 1x slices: {d['peak_gib'] / p['peak_gib']:.2f} "
-              "(sliding windows: ~1)")
+        row("paper", p, f"{' x '.join(map(str, paper['spacing_mm']))} mm, "
+                        f"{' x '.join(map(str, paper['window']))} windows")
+        print(f"  paper / quick: peak {p['peak_gib'] / q['peak_gib']:.2f}x, "
+              f"time {p['seconds'] / q['seconds']:.1f}x")
+        fits = "fits" if p["peak_gib"] <= 16 else "OVER"
+        print(f"  paper peak / 16 GiB goal: {p['peak_gib'] / 16:.2f} ({fits})", flush=True)
+        if a.double:
+            d = run(paper, make_ct(Path(tmp), 2 * a.slices, a.seed), a.threads)
+            print(f"  paper, {'x'.join(map(str, d['shape']))} CT (2x slices): peak {d['peak_gib']:.2f} GiB, "
+                  f"{d['seconds']:.1f} s; peak ratio 2x / 1x slices: {d['peak_gib'] / p['peak_gib']:.2f} "
+                  "(sliding windows: ~1)")
 
+
+def row(name: str, r: dict, profile: str) -> None:
+    print(f"  {name:<5} ({profile}): peak RSS {r['peak_gib']:.2f} GiB (process before: "
+          f"{r['before_gib']:.2f}), {r['seconds']:.1f} s, mask on the CT's grid: {r['mask_ok']}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -113,8 +113,9 @@ def labelling_effort(cfg: Config, metrics: dict) -> dict:
 
 def effort_html(totals: dict, cases: dict[str, dict], variants: dict) -> str:
     """Per source side by side (threshold -> filled -> V-Net -> U-Net): totals, then per case."""
+    kinds = {"unet": "U-Net", "unet-bone": "U-Net, bone only"}
     names = {"threshold": "threshold", "filled": "threshold + fill", "vnet": "V-Net",
-             **{s: f"U-Net ({v}, out of fold)" for s, v in variants.items()}}
+             **{s: f"{kinds[s]} ({v}, out of fold)" for s, v in variants.items()}}
     rows = "".join(
         f"<tr><td>{html.escape(names.get(k, k))}</td><td>{t['cases']}</td><td>{t['bone_dice']:.4f}</td>"
         f"<td>{t['on_kidney']:.1%}</td><td>{t['on_vessel']:.1%}</td><td>{t['on_liver']:.1%}</td>"

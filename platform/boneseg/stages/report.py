@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from boneseg.core.config import Config
+from boneseg.core.labelling import source_table
 from boneseg.core.report import build_report, fmt
 
 
@@ -26,4 +27,9 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     for d in rep["statistics"]["differences"]:
         print(f"  {d['a']} - {d['b']}: {fmt(d['mean_diff'])} [{fmt(d['ci95'][0])}, {fmt(d['ci95'][1])}]  "
               f"({d['n_cases']} cases)")
+    effort = rep["labelling_effort"]
+    if effort["totals"]:  # unet: the best multi-class variant, unet-bone: single-class (out of fold)
+        who = ", ".join(f"{s} = {v}" for s, v in effort["unet_variants"].items()) or "no predictions"
+        print(f"labelling effort per proposal source (out of fold: {who}):")
+        print(source_table({"sources": effort["totals"]}))
     return 0
