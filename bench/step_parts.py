@@ -1,0 +1,67 @@
+"""Where a CPU training step's time goes: forward, backward and optimizer step of the
+ResNet-34 U-Net (multi-class, batch 4, 1 thread, as one sweep trial runs), for patch
+sizes and memory formats side by side, and the fixed part that does not scale with
+pixels (the 32 px row). Random weights and data: the time does not depend on them.
+    python bench/step_parts.py [--sizes 96 64 32] [--steps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from boneseg.core.config import Config
+from boneseg.core.losses import segmentation_loss
+from boneseg.core.models import build_model
+from boneseg.core.training import make_optim
+
+
+def measure(channels_last: bool, fused: bool, px: int, steps: int, warm: int = 3) -> dict:
+    tc = Config.model_validate({"train": {"device": "cpu", "fused_optimizer": fused}}).train
+    model, _ = build_model(5, "none")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt, sched = make_optim(model, tc, warm + steps, 1)
+    x = torch.randn(4, 3, px, px).to(memory_format=fmt)
+    y = torch.randint(0, 5, (4, px, px))
+    parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    for i in range(warm + steps):
+        t0 = time.perf_counter()
+        loss = segmentation_loss(model(x), y, "dice_ce")
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        sched.step()
+        t3 = time.perf_counter()
+        if i >= warm:
+            for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[k] += dt * 1000 / steps
+    return parts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[96, 64, 32])
+    ap.add_argument("--steps", type=int, default=5)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    settings = [("channels_last, AdamW (the quick profile)", True, False),
+                ("channels_last, fused AdamW", True, True),
+                ("contiguous, fused AdamW", False, True)]
+    base = {}
+    print("ResNet-34 U-Net train step, batch 4, 1 thread (ms; ratio = the quick profile's step / this one):")
+    for name, cl, fused in settings:
+        for px in a.sizes:
+            p = measure(cl, fused, px, a.steps)
+            total = sum(p.values())
+            base.setdefault(px, total)
+            print(f"  {name:<42} {px:>3} px: forward {p['forward']:4.0f}, backward {p['backward']:4.0f}, "
+                  f"optimizer {p['optimizer']:3.0f}, step {total:4.0f}  ratio {base[px] / total:.2f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
