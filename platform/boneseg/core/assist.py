@@ -23,6 +23,7 @@ from boneseg.core.effort import proposal_qa
 from boneseg.core.io import write_json
 from boneseg.core.labelling import source_totals
 from boneseg.core.layout import PREDICTIONS, find_cases, load_qa, load_splits
+from boneseg.core.metrics import best_variant
 from boneseg.core.nifti import load_labels
 from boneseg.errors import DataError
 
@@ -64,9 +65,11 @@ def propose_cts(cfg: Config, inp: Path, out: Path | None, checkpoints: list[Path
 
 # ---------------------------------------------------------------- the cohort, out of fold
 def best_of(metrics: dict, classes: str) -> str | None:
-    """The best-scoring variant with these classes (multi or single)."""
-    vs = [v for v, (c, _) in VARIANTS.items() if c == classes and isinstance(metrics.get(v), dict)]
-    return max(vs, key=lambda v: metrics[v]["bone_dice_mean"]) if vs else None
+    """The best-scoring variant with these classes (multi or single), ranked as the sweep
+    ranks them (`metrics.best_variant`)."""
+    table = {v: metrics[v] for v, (c, _) in VARIANTS.items()
+             if c == classes and isinstance(metrics.get(v), dict)}
+    return best_variant(table) if table else None
 
 
 def oof_maps(trials_dir: Path, splits: dict, variant: str) -> dict[str, Path]:
@@ -87,16 +90,18 @@ def oof_sources(cfg: Config, metrics: dict) -> dict:
     truths = {c["case"]: c["truth"] for c in find_cases(cfg.data.raw_dir)
               if c["truth"] and c["cohort"] != "thigh"}
     out: dict = {"variants": {}, "cases": {}}
+    maps = {}  # source -> {case: map}
     for source, classes in SOURCES.items():
         variant = best_of(metrics, classes)
-        maps = oof_maps(Path(cfg.sweep.trials_dir), splits, variant) if variant else {}
-        for case, path in maps.items():
-            if case in truths:
-                truth = load_labels(truths[case])
-                pred = load_labels(path, truth, truths[case])  # on the CT's grid, or refused
-                out["cases"].setdefault(case, {})[source] = proposal_qa(pred.data, truth.data)
-        if maps:
+        maps[source] = oof_maps(Path(cfg.sweep.trials_dir), splits, variant) if variant else {}
+        if maps[source]:
             out["variants"][source] = variant
+    for case, truth_path in truths.items():  # each truth read once, for every source that has the case
+        have = {s: m[case] for s, m in maps.items() if case in m}
+        if have:
+            truth = load_labels(truth_path)
+            out["cases"][case] = {s: proposal_qa(load_labels(p, truth, truth_path).data, truth.data)
+                                  for s, p in have.items()}  # each map on the CT's grid, or refused
     return out
 
 
