@@ -276,6 +276,13 @@ def test_validation_every_k_epochs_checkpoints_there_and_a_retry_resumes_from_it
     assert run.data.tags["resumed_from_epoch"] == "2"  # epoch 2 re-trained from the epoch-1 checkpoint
     hist = json.loads((tmp_path / "trials" / "multi-random" / "fold1" / "history.json").read_text())
     assert [("val_bone_dice" in h) for h in hist] == [False, True, True]
+    # Tune's only checkpoint of each trial is its final result: an epoch checkpoint would be
+    # deleted when the next replaced it, while a killed driver's saved state may still name it
+    (exp,) = [d for d in (tmp_path / "ray").iterdir() if d.is_dir()]
+    ckpts = sorted(c.relative_to(exp).as_posix() for c in exp.glob("*/checkpoint_*"))
+    assert len(ckpts) == 2 and all(c.endswith("/checkpoint_000000") for c in ckpts), ckpts
+    assert all((exp / c / "final.json").is_file() for c in ckpts)
+    assert not list(exp.glob("resume/*"))  # each trial's resume point went with its final result
 
 
 def free_port():

@@ -1,8 +1,9 @@
 """The sweep's driver: the variants x folds grid on Ray Tune, pre-flight checks, run or
 resume, then the results (`sweep.results`) back into DVC and MLflow.
 
-A trial that fails is retried from its last checkpoint (FailureConfig); a killed driver
-is resumed by running the same command (the grid's fingerprint finds its experiment).
+A trial that fails is retried from its last validated epoch (FailureConfig; the trial's
+resume point, see sweep.trial); a killed driver is resumed by running the same command
+(the grid's fingerprint finds its experiment).
 """
 from __future__ import annotations
 
@@ -22,10 +23,8 @@ from boneseg.sweep.results import TrialOutcome, collect, export, write_results
 from boneseg.sweep.storage import Storage
 from boneseg.sweep.tracker import Tracker, log
 
-# read by Ray when the driver starts it: Tune warns on every checkpoint of short trials
-# (one per epoch is what we want), and only the legacy reporter honours verbose=0 (no
+# read by Ray when the driver starts it: only the legacy reporter honours verbose=0 (no
 # boxed tables; the Tracker prints one line per event)
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 def absolute_config(cfg: Config) -> Config:
@@ -151,9 +150,12 @@ def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp
     trainable = tune.with_resources(
         _trainable(), {"cpu": cfg.sweep.cpus_per_trial, "gpu": cfg.sweep.gpus_per_trial}
     )
+    restoring = exp_name is not None and tune.Tuner.can_restore(storage.experiment(exp_name))
+    if not restoring:
+        exp_name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:6]}"
     space = {"cfg": cfg.model_dump(mode="json"), "variant": tune.grid_search(variants),
-             "fold": tune.grid_search(folds)}
-    if exp_name is not None and tune.Tuner.can_restore(storage.experiment(exp_name)):
+             "fold": tune.grid_search(folds), "storage": storage.uri, "experiment": exp_name}
+    if restoring:
         state = storage.read_state(exp_name)
         runs = SweepRuns(cfg, exp_name, state["parent_run_id"])
         log(f"resuming {exp_name}: finished trials are kept, unfinished ones continue from checkpoints")
@@ -163,7 +165,7 @@ def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp
             runs,
             exp_name,
         )
-    name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{fingerprint[:6]}"
+    name = exp_name
     where = storage.experiment(name).split("?")[0]  # the endpoint is not part of the tag
     runs = SweepRuns(cfg, name, tags={"ray_storage_path": where, "fingerprint": fingerprint})
     _write_state(storage, name, fingerprint, runs.parent, "running")
@@ -178,7 +180,9 @@ def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp
             callbacks=[Tracker(cfg.model_dump(mode="json"), name, runs.parent,
                                [(v, f) for v in variants for f in folds], _slots(cfg))],
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            # one checkpoint per trial, its final result (the resume points are the trial's own,
+            # see sweep.storage); Tune deletes none, so no saved state can name a deleted one
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
     return tuner, runs, name
 
 

@@ -5,14 +5,24 @@ environment), through pyarrow's filesystems as Ray itself uses them. No Ray here
 The driver keeps one small state file per experiment beside Tune's own
 (`<experiment>/boneseg_sweep.json`: the grid's fingerprint, the MLflow parent run and
 the status), and finds an unfinished experiment to resume by listing those.
+
+Each running trial keeps its resume point there too (`<experiment>/resume/<variant>-fold<k>.pt`,
+the full training state of its last validated epoch), one object it overwrites whole, not
+a Tune checkpoint: Tune's experiment state is uploaded a little after each checkpoint, so a
+driver killed in between leaves a state that names a checkpoint Tune has already replaced
+and deleted (`num_to_keep`), which it then cannot restore. Tune's only checkpoint of a
+trial is its final result, which nothing replaces.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 STATE_FILE = "boneseg_sweep.json"
+RESUME_DIR = "resume"
 
 
 class Storage:
@@ -54,6 +64,45 @@ class Storage:
         fs, _ = self._filesystem()
         with fs.open_output_stream(self._path(name, STATE_FILE)) as out:
             out.write((json.dumps(state) + "\n").encode())
+
+    def put_resume(self, name: str, key: str, src: Path) -> None:
+        """Store `src` as the resume point `key` of experiment `name`, replacing it whole."""
+        if not self.remote:
+            dest = Path(self.uri) / name / RESUME_DIR / f"{key}.pt"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:  # a hard link when the scratch folder is on the same disk: no copy
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+            return
+        fs, _ = self._filesystem()
+        with open(src, "rb") as f, fs.open_output_stream(self._path(name, f"{RESUME_DIR}/{key}.pt")) as out:
+            shutil.copyfileobj(f, out, 8 << 20)  # the object appears when the upload completes
+
+    def get_resume(self, name: str, key: str, dest: Path) -> bool:
+        """Copy the resume point `key` to `dest`; False if there is none."""
+        from pyarrow import fs as pafs
+
+        fs, _ = self._filesystem()
+        path = self._path(name, f"{RESUME_DIR}/{key}.pt")
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return False
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        with fs.open_input_stream(path) as f, open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out, 8 << 20)
+        os.replace(tmp, dest)
+        return True
+
+    def drop_resume(self, name: str, key: str) -> None:
+        """Remove the resume point `key` (none is fine)."""
+        fs, _ = self._filesystem()
+        try:
+            fs.delete_file(self._path(name, f"{RESUME_DIR}/{key}.pt"))
+        except FileNotFoundError:
+            pass
 
     def read_state(self, name: str) -> dict:
         fs, _ = self._filesystem()

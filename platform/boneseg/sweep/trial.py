@@ -1,9 +1,13 @@
 """The trial adapter: a Ray Tune function trainable around the same `fit()` that
-`boneseg train` runs, and a reporter that sends every epoch to Tune with a full-state
-checkpoint. Trials only `tune.report`; the driver writes MLflow.
+`boneseg train` runs, and a reporter that sends every epoch's metrics to Tune and, after
+each validated epoch, stores the full training state as the trial's resume point in the
+sweep's storage (`Storage.put_resume`). Tune's one checkpoint of a trial is its final
+result: an intermediate Tune checkpoint would be deleted when the next replaces it, while
+the experiment state a killed driver left behind may still name it (see sweep.storage).
+Trials only `tune.report`; the driver writes MLflow.
 
-Scratch files (the training checkpoint, the reported folders) live in a temporary folder
-of the worker, never inside the trial folder that Tune syncs: Tune copies each reported
+Scratch files (the training checkpoint, the final folder) live in a temporary folder
+of the worker, never inside the trial folder that Tune syncs: Tune copies the reported
 checkpoint into its storage before `tune.report` returns, so the scratch copy can go.
 The folder is `<tmp>/boneseg-scratch/<variant>-fold<k>-<host>-<pid>-<random>`: a trial
 removes its own on the way out, and a worker that was killed (SIGKILL, a lost driver)
@@ -23,6 +27,7 @@ from pathlib import Path
 from boneseg.core.config import Config
 from boneseg.core.layout import PREDICTIONS
 from boneseg.sweep.faults import Injector
+from boneseg.sweep.storage import Storage
 
 FINAL = "final.json"  # in the last checkpoint: the trial's final result, reported again on restore
 SCRATCH = "boneseg-scratch"  # under the worker's temporary folder
@@ -72,14 +77,16 @@ def make_scratch(variant: str, fold: int) -> Path:
 
 
 class TuneReporter:
-    """fit() callback: every epoch's metrics go to `tune.report`, with the full-state
-    checkpoint after each validated epoch (`train.val_every`): a retried trial resumes from
-    there and re-trains the epochs after it bit for bit (the RNG state is in the checkpoint)."""
+    """fit() callback: every epoch's metrics go to `tune.report`; after each validated epoch
+    (`train.val_every`) the full-state checkpoint becomes the trial's resume point first: a
+    retried or resumed trial continues from there and re-trains the epochs after it bit for
+    bit (the RNG state is in the checkpoint)."""
 
-    def __init__(self, scratch: Path, variant: str, fold: int):
+    def __init__(self, scratch: Path, variant: str, fold: int, resume: tuple | None = None):
         import ray
 
         self.scratch, self.variant, self.fold = scratch, variant, fold
+        self.resume = resume  # (Storage, experiment name, key), or None: no resume point kept
         self.node = ray.get_runtime_context().get_node_id()
         self.fault = Injector.from_env(variant, fold)
         self.meta: dict = {}
@@ -94,36 +101,40 @@ class TuneReporter:
 
         t0 = time.perf_counter()
         result = {**metrics, **self.meta, "variant": self.variant, "fold": self.fold, "node_id": self.node}
-        if "val_bone_dice" not in metrics:  # not a validated epoch: metrics only
-            tune.report(result)
-        else:
-            d = self.scratch / f"report_{epoch}"
-            d.mkdir(parents=True, exist_ok=True)
-            try:  # a hard link, not a copy: Tune copies it into storage anyway
-                os.link(ckpt_path, d / "checkpoint.pt")
-            except OSError:
-                shutil.copy2(ckpt_path, d / "checkpoint.pt")
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(d)))
-            shutil.rmtree(d, ignore_errors=True)
+        if "val_bone_dice" in metrics and self.resume:  # stored before Tune hears of the epoch
+            storage, name, key = self.resume
+            storage.put_resume(name, key, Path(ckpt_path))
+        tune.report(result)
         self.report_seconds += time.perf_counter() - t0
         if self.fault:
             self.fault.after_epoch(epoch)
 
 
-def _restore(scratch: Path) -> dict | None:
-    """Tune's last checkpoint of this trial: a finished trial's final result (returned), or
-    the training state (copied to scratch for fit() to resume from)."""
+def _restore(scratch: Path, resume: tuple | None) -> dict | None:
+    """A finished trial's final result (Tune's checkpoint of it, returned), else its resume
+    point, copied to scratch for fit() to continue from (none: it starts afresh)."""
     from ray import tune
 
     ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        if (Path(d) / FINAL).is_file():
-            return {"final": json.loads((Path(d) / FINAL).read_text()), "checkpoint": ckpt}
-        if (Path(d) / "checkpoint.pt").is_file():
-            shutil.copy2(Path(d) / "checkpoint.pt", scratch / "checkpoint.pt")
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            if (Path(d) / FINAL).is_file():
+                return {"final": json.loads((Path(d) / FINAL).read_text()), "checkpoint": ckpt}
+            if (Path(d) / "checkpoint.pt").is_file():  # an epoch checkpoint of an older boneseg
+                shutil.copy2(Path(d) / "checkpoint.pt", scratch / "checkpoint.pt")
+                return None
+    if resume:
+        storage, name, key = resume
+        storage.get_resume(name, key, scratch / "checkpoint.pt")
     return None
+
+
+def _resume_point(config: dict, variant: str, fold: int) -> tuple | None:
+    """(Storage, experiment, key) of this trial's resume point; None for an experiment
+    started before resume points existed (its trials then start afresh)."""
+    if not config.get("storage") or not config.get("experiment"):
+        return None
+    return Storage(config["storage"]), config["experiment"], f"{variant}-fold{fold}"
 
 
 def trainable(config: dict) -> None:
@@ -137,12 +148,13 @@ def trainable(config: dict) -> None:
     cfg = Config.model_validate(config["cfg"])
     variant, fold = config["variant"], config["fold"]
     scratch = make_scratch(variant, fold)
+    resume = _resume_point(config, variant, fold)
     try:
-        done = _restore(scratch)
+        done = _restore(scratch, resume)
         if done:  # finished before the driver died: report the same result again, train nothing
             tune.report(done["final"], checkpoint=done["checkpoint"])
             return
-        reporter = TuneReporter(scratch, variant, fold)
+        reporter = TuneReporter(scratch, variant, fold, resume)
         r = fit(cfg, variant, fold, out_dir=scratch, callbacks=[reporter], resume=True)
         r.summary["timing"].update(report_s=reporter.report_seconds, trial_s=time.perf_counter() - t0)
         final_dir = scratch / "final"
@@ -162,5 +174,7 @@ def trainable(config: dict) -> None:
         }
         (final_dir / FINAL).write_text(json.dumps(final))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(final_dir)))
+        if resume:  # the final result is in Tune's storage now
+            resume[0].drop_resume(*resume[1:])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
