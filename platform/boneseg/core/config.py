@@ -144,7 +144,7 @@ class TrainConfig(_Strict):
     amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
     channels_last: bool = True
     fused_optimizer: bool = Field(
-        False, description="AdamW's fused implementation (CPU and CUDA); false: the per-parameter loop")
+        True, description="AdamW's fused implementation (CPU and CUDA); false: the per-parameter loop")
     augment: bool = Field(False, description="random affine + intensity jitter on training batches")
     patch_size: int | None = Field(
         96, description="train on random patch_size x patch_size windows of each slice (null: whole slices); "
