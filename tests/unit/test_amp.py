@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from boneseg.core.augment import prepare_batch
 from boneseg.core.config import TrainConfig
 from boneseg.core.inference import predict_slices
-from boneseg.core.runtime import amp_name, autocast_args, grad_scaler
+from boneseg.core.runtime import amp_name, autocast_args, grad_scaler, use_channels_last
 from boneseg.core.training import make_optim, maybe_resume, save_checkpoint, train_epoch
 
 CPU = torch.device("cpu")
@@ -147,3 +148,19 @@ def test_evaluation_under_autocast_gives_the_fp32_argmax(amp, min_agree):
     agree = float((ref.argmax(1) == low.argmax(1)).float().mean())
     assert agree >= min_agree, agree
     assert low.dtype == torch.float32  # logits come back as fp32 either way
+
+
+def test_channels_last_auto_trains_contiguous_on_cpu_and_is_channels_last_elsewhere():
+    cuda = torch.device("cuda")  # a device object only: nothing runs there
+    assert use_channels_last("auto", CPU) is False
+    assert use_channels_last("auto", CPU, training=False) is True
+    assert use_channels_last("auto", cuda) is True
+    assert use_channels_last(True, CPU) is True
+    assert use_channels_last(False, cuda, training=False) is False
+    tc = TrainConfig(patch_size=None, augment=False)
+    assert tc.channels_last == "auto"
+    x, y = torch.rand(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.uint8)
+    xb, _ = prepare_batch(x, y, tc, CPU, amp=False)
+    assert xb.is_contiguous()
+    xb, _ = prepare_batch(x, y, tc.model_copy(update={"channels_last": True}), CPU, amp=False)
+    assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()

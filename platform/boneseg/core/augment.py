@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from boneseg.core.runtime import use_channels_last
+
 
 def random_affine(x: torch.Tensor, y: torch.Tensor, rotate_deg: float, scale: float, shift: float):
     """x (B, C, H, W) float, y (B, H, W) int64 ids or (B, K, H, W) float fractions -> both
@@ -78,6 +80,6 @@ def prepare_batch(x: torch.Tensor, y: torch.Tensor, tc, device: torch.device, am
         y = y.long()
     if tc.augment:
         x, y = augment(x, y)
-    if tc.channels_last:
+    if use_channels_last(tc.channels_last, device):
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y

@@ -24,7 +24,7 @@ from boneseg.core.labelmap import LABEL_FILE, label_description, n_classes
 from boneseg.core.models import build_model
 from boneseg.core.nifti import Volume, is_nifti_name, load_ct, save_volume
 from boneseg.core.preprocess import resize_back, stack_25d, window_planes
-from boneseg.core.runtime import place_model, prepare_runtime
+from boneseg.core.runtime import place_model, prepare_runtime, use_channels_last
 from boneseg.errors import ConfigError, DataError
 
 
@@ -80,7 +80,9 @@ def read_model_file(path: Path) -> dict:
 
 
 def load_fold_models(paths: list[Path], device: torch.device, folds: list[int] | None = None,
-                     channels_last: bool = True) -> list[FoldModel]:
+                     channels_last: bool | str = "auto") -> list[FoldModel]:
+    """The fold models of `paths` (only `folds`, if given) on `device`, for inference
+    (`channels_last` as `train.channels_last`: auto is channels_last there)."""
     out, seen = [], []
     for p in paths:
         state = read_model_file(p)
@@ -89,7 +91,7 @@ def load_fold_models(paths: list[Path], device: torch.device, folds: list[int] |
             continue
         net, _ = build_model(n_classes(state["classes"]), "none")
         net.load_state_dict(state["model"])
-        place_model(net, device, channels_last).eval()
+        place_model(net, device, use_channels_last(channels_last, device, training=False)).eval()
         out.append(FoldModel(net, state["classes"], state.get("variant", state.get("case", "?")), seen[-1],
                              dict(state["preprocessing"])))
     if not out:

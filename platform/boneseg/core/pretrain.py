@@ -12,7 +12,7 @@ from boneseg.core.io import atomic_path, write_json
 from boneseg.core.labelmap import n_classes
 from boneseg.core.layout import load_index
 from boneseg.core.models import build_model
-from boneseg.core.runtime import grad_scaler, place_model, prepare_runtime, seed_everything
+from boneseg.core.runtime import grad_scaler, place_model, prepare_runtime, seed_everything, use_channels_last
 from boneseg.core.training import make_optim, train_epoch
 from boneseg.errors import DataError
 
@@ -28,7 +28,7 @@ def pretrain(cfg: Config, out: str | Path | None = None) -> dict:
     device, autocast = prepare_runtime(tc)
     seed_everything(pc.seed)
     model = place_model(
-        build_model(n_classes("single"), "none")[0], device, tc.channels_last
+        build_model(n_classes("single"), "none")[0], device, use_channels_last(tc.channels_last, device)
     )  # femur vs background
     ds = SliceDataset(cfg.data.slices_dir, thighs, classes="single", targets=tc.targets)
     opt, sched = make_optim(model, tc, len(make_loader(ds, tc, 0, pc.seed)), tc.epochs)

@@ -35,6 +35,7 @@ from boneseg.core.runtime import (
     scaled_step,
     seed_everything,
     set_rng_state,
+    use_channels_last,
 )
 from boneseg.errors import ConfigError, DataError
 
@@ -183,12 +184,13 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
         cfg.model.encoder_weights if init == "pretrained" else "none",
         cfg.model.thigh_weights,
     )
-    place_model(model, device, tc.channels_last)
+    channels_last = use_channels_last(tc.channels_last, device)
+    place_model(model, device, channels_last)
     ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
     if len(ds) == 0:
         raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
     on_device = use_device_data(tc.data_on_device, ds, device)
-    slices = DeviceSlices.from_dataset(ds, device, tc.channels_last) if on_device else None
+    slices = DeviceSlices.from_dataset(ds, device, channels_last) if on_device else None
 
     def loader(epoch: int):  # the same batches either way (core/device_data.py)
         if slices is not None:
