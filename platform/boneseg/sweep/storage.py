@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -65,44 +66,9 @@ class Storage:
         with fs.open_output_stream(self._path(name, STATE_FILE)) as out:
             out.write((json.dumps(state) + "\n").encode())
 
-    def put_resume(self, name: str, key: str, src: Path) -> None:
-        """Store `src` as the resume point `key` of experiment `name`, replacing it whole."""
-        if not self.remote:
-            dest = Path(self.uri) / name / RESUME_DIR / f"{key}.pt"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            tmp.unlink(missing_ok=True)
-            try:  # a hard link when the scratch folder is on the same disk: no copy
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-            return
-        fs, _ = self._filesystem()
-        with open(src, "rb") as f, fs.open_output_stream(self._path(name, f"{RESUME_DIR}/{key}.pt")) as out:
-            shutil.copyfileobj(f, out, 8 << 20)  # the object appears when the upload completes
-
-    def get_resume(self, name: str, key: str, dest: Path) -> bool:
-        """Copy the resume point `key` to `dest`; False if there is none."""
-        from pyarrow import fs as pafs
-
-        fs, _ = self._filesystem()
-        path = self._path(name, f"{RESUME_DIR}/{key}.pt")
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return False
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with fs.open_input_stream(path) as f, open(tmp, "wb") as out:
-            shutil.copyfileobj(f, out, 8 << 20)
-        os.replace(tmp, dest)
-        return True
-
-    def drop_resume(self, name: str, key: str) -> None:
-        """Remove the resume point `key` (none is fine)."""
-        fs, _ = self._filesystem()
-        try:
-            fs.delete_file(self._path(name, f"{RESUME_DIR}/{key}.pt"))
-        except FileNotFoundError:
-            pass
+    def resume_point(self, name: str, key: str) -> ResumePoint:
+        """The resume point `key` (a trial's `<variant>-fold<k>`) of experiment `name`."""
+        return ResumePoint(self, name, key)
 
     def read_state(self, name: str) -> dict:
         fs, _ = self._filesystem()
@@ -154,3 +120,54 @@ class Storage:
                     "endpoint_override in sweep.storage_path.")
         except Exception as exc:  # a malformed URI, an unknown scheme
             return f"Ray storage {where}: {type(exc).__name__}: {str(exc)[:160]}. Fix sweep.storage_path."
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """One trial's resume point, `<experiment>/resume/<key>.pt` in a sweep's storage."""
+
+    storage: Storage
+    experiment: str
+    key: str
+
+    @property
+    def path(self) -> str:
+        return self.storage._path(self.experiment, f"{RESUME_DIR}/{self.key}.pt")
+
+    def put(self, src: Path) -> None:
+        """Store `src` as the resume point, replacing it whole."""
+        if not self.storage.remote:
+            dest = Path(self.path)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:  # a hard link when the scratch folder is on the same disk: no copy
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+            return
+        fs, _ = self.storage._filesystem()
+        with open(src, "rb") as f, fs.open_output_stream(self.path) as out:
+            shutil.copyfileobj(f, out, 8 << 20)  # the object appears when the upload completes
+
+    def get(self, dest: Path) -> bool:
+        """Copy the resume point to `dest`; False if there is none."""
+        from pyarrow import fs as pafs
+
+        fs, _ = self.storage._filesystem()
+        if fs.get_file_info(self.path).type != pafs.FileType.File:
+            return False
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        with fs.open_input_stream(self.path) as f, open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out, 8 << 20)
+        os.replace(tmp, dest)
+        return True
+
+    def drop(self) -> None:
+        """Remove the resume point (none is fine)."""
+        fs, _ = self.storage._filesystem()
+        try:
+            fs.delete_file(self.path)
+        except FileNotFoundError:
+            pass

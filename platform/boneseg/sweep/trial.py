@@ -1,7 +1,7 @@
 """The trial adapter: a Ray Tune function trainable around the same `fit()` that
 `boneseg train` runs, and a reporter that sends every epoch's metrics to Tune and, after
 each validated epoch, stores the full training state as the trial's resume point in the
-sweep's storage (`Storage.put_resume`). Tune's one checkpoint of a trial is its final
+sweep's storage (`storage.ResumePoint`). Tune's one checkpoint of a trial is its final
 result: an intermediate Tune checkpoint would be deleted when the next replaces it, while
 the experiment state a killed driver left behind may still name it (see sweep.storage).
 Trials only `tune.report`; the driver writes MLflow.
@@ -27,7 +27,7 @@ from pathlib import Path
 from boneseg.core.config import Config
 from boneseg.core.layout import PREDICTIONS
 from boneseg.sweep.faults import Injector
-from boneseg.sweep.storage import Storage
+from boneseg.sweep.storage import ResumePoint, Storage
 
 FINAL = "final.json"  # in the last checkpoint: the trial's final result, reported again on restore
 SCRATCH = "boneseg-scratch"  # under the worker's temporary folder
@@ -82,11 +82,11 @@ class TuneReporter:
     retried or resumed trial continues from there and re-trains the epochs after it bit for
     bit (the RNG state is in the checkpoint)."""
 
-    def __init__(self, scratch: Path, variant: str, fold: int, resume: tuple | None = None):
+    def __init__(self, scratch: Path, variant: str, fold: int, resume: ResumePoint | None = None):
         import ray
 
         self.scratch, self.variant, self.fold = scratch, variant, fold
-        self.resume = resume  # (Storage, experiment name, key), or None: no resume point kept
+        self.resume = resume  # None: no resume point kept
         self.node = ray.get_runtime_context().get_node_id()
         self.fault = Injector.from_env(variant, fold)
         self.meta: dict = {}
@@ -102,15 +102,14 @@ class TuneReporter:
         t0 = time.perf_counter()
         result = {**metrics, **self.meta, "variant": self.variant, "fold": self.fold, "node_id": self.node}
         if "val_bone_dice" in metrics and self.resume:  # stored before Tune hears of the epoch
-            storage, name, key = self.resume
-            storage.put_resume(name, key, Path(ckpt_path))
+            self.resume.put(Path(ckpt_path))
         tune.report(result)
         self.report_seconds += time.perf_counter() - t0
         if self.fault:
             self.fault.after_epoch(epoch)
 
 
-def _restore(scratch: Path, resume: tuple | None) -> dict | None:
+def _restore(scratch: Path, resume: ResumePoint | None) -> dict | None:
     """A finished trial's final result (Tune's checkpoint of it, returned), else its resume
     point, copied to scratch for fit() to continue from (none: it starts afresh)."""
     from ray import tune
@@ -124,17 +123,16 @@ def _restore(scratch: Path, resume: tuple | None) -> dict | None:
                 shutil.copy2(Path(d) / "checkpoint.pt", scratch / "checkpoint.pt")
                 return None
     if resume:
-        storage, name, key = resume
-        storage.get_resume(name, key, scratch / "checkpoint.pt")
+        resume.get(scratch / "checkpoint.pt")
     return None
 
 
-def _resume_point(config: dict, variant: str, fold: int) -> tuple | None:
-    """(Storage, experiment, key) of this trial's resume point; None for an experiment
+def _resume_point(config: dict, variant: str, fold: int) -> ResumePoint | None:
+    """This trial's resume point; None for an experiment
     started before resume points existed (its trials then start afresh)."""
     if not config.get("storage") or not config.get("experiment"):
         return None
-    return Storage(config["storage"]), config["experiment"], f"{variant}-fold{fold}"
+    return Storage(config["storage"]).resume_point(config["experiment"], f"{variant}-fold{fold}")
 
 
 def trainable(config: dict) -> None:
@@ -175,6 +173,6 @@ def trainable(config: dict) -> None:
         (final_dir / FINAL).write_text(json.dumps(final))
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(final_dir)))
         if resume:  # the final result is in Tune's storage now
-            resume[0].drop_resume(*resume[1:])
+            resume.drop()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
