@@ -20,11 +20,10 @@ import numpy as np
 import boneseg
 from boneseg.core.config import Config
 from boneseg.core.dicom import DicomCT, read_ct_folder
-from boneseg.core.inference import bone_ml, load_fold_models, output_ids, segment_volume
+from boneseg.core.inference import bone_ml, inference_setup, output_ids, segment_volume
 from boneseg.core.io import atomic_write_bytes, atomic_write_text
 from boneseg.core.labelmap import LABEL_COLOURS, LABEL_FILE, LABEL_IDS, label_description
 from boneseg.core.nifti import Volume, is_nifti_name, save_volume, to_canonical
-from boneseg.core.runtime import prepare_runtime
 from boneseg.errors import DataError
 
 FORMATS = ("nifti", "dicom-seg")
@@ -101,9 +100,7 @@ def segment_series(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], f
     dst = plan_output(Path(inp), Path(out), fmt)
     t0 = time.perf_counter()
     ct, _ = read_ct_folder(inp)
-    tc = cfg.train.model_copy(update={"device": device})
-    dev, autocast = prepare_runtime(tc)
-    models = load_fold_models(checkpoints, dev, folds, tc.channels_last)
+    tc, dev, autocast, models = inference_setup(cfg, checkpoints, folds, device)
     labels = segment_volume(models, ct.volume, dev, autocast, classes, tc.eval_batch_size)
     ids = output_ids(models, classes)
     if fmt == "nifti":  # the grid `boneseg import --layout dicom` gives the same series

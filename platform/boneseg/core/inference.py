@@ -180,6 +180,13 @@ def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def inference_setup(cfg: Config, checkpoints: list[Path], folds: list[int] | None, device: str):
+    """A `segment` run's settings, device, autocast and fold models (device: auto | cpu | cuda)."""
+    tc = cfg.train.model_copy(update={"device": device})
+    dev, autocast = prepare_runtime(tc)
+    return tc, dev, autocast, load_fold_models(checkpoints, dev, folds, tc.channels_last)
+
+
 def segment_files(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], folds: list[int] | None = None,
                   device: str = "auto", classes: str = "all", progress: bool = True) -> list[dict]:
     """Segment a CT file or folder with the fold models in `checkpoints` (ensembled)."""
@@ -194,9 +201,7 @@ def segment_pairs(cfg: Config, pairs: list[tuple[Path, Path]], checkpoints: list
     file in every output folder."""
     from tqdm import tqdm
 
-    tc = cfg.train.model_copy(update={"device": device})
-    dev, autocast = prepare_runtime(tc)
-    models = load_fold_models(checkpoints, dev, folds, tc.channels_last)
+    tc, dev, autocast, models = inference_setup(cfg, checkpoints, folds, device)
     results = []
     for src, dst in pairs:
         t0 = time.perf_counter()
