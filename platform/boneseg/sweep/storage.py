@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from boneseg.core.io import atomic_path
+
 STATE_FILE = "boneseg_sweep.json"
 RESUME_DIR = "resume"
 
@@ -137,15 +139,12 @@ class ResumePoint:
     def put(self, src: Path) -> None:
         """Store `src` as the resume point, replacing it whole."""
         if not self.storage.remote:
-            dest = Path(self.path)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            tmp.unlink(missing_ok=True)
-            try:  # a hard link when the scratch folder is on the same disk: no copy
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
+            with atomic_path(self.path) as tmp:
+                tmp.unlink()  # the unique temp name, for the link
+                try:  # a hard link when the scratch folder is on the same disk: no copy
+                    os.link(src, tmp)
+                except OSError:
+                    shutil.copyfile(src, tmp)
             return
         fs, _ = self.storage._filesystem()
         with open(src, "rb") as f, fs.open_output_stream(self.path) as out:
@@ -158,10 +157,8 @@ class ResumePoint:
         fs, _ = self.storage._filesystem()
         if fs.get_file_info(self.path).type != pafs.FileType.File:
             return False
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        with fs.open_input_stream(self.path) as f, open(tmp, "wb") as out:
+        with atomic_path(dest) as tmp, fs.open_input_stream(self.path) as f, open(tmp, "wb") as out:
             shutil.copyfileobj(f, out, 8 << 20)
-        os.replace(tmp, dest)
         return True
 
     def drop(self) -> None:
