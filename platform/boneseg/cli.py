@@ -9,8 +9,8 @@ from boneseg import __version__
 from boneseg.errors import BonesegError
 
 # stage modules (boneseg.stages.<name>), in pipeline order; each has add_parser(sub) and main(args, cfg)
-STAGES = ("config", "synth", "importer", "propose", "correct", "labels", "splits", "slices", "pretrain",
-          "train", "sweep", "report", "evaluate", "segment", "preview")
+STAGES = ("config", "raw", "synth", "importer", "propose", "correct", "labels", "splits", "slices",
+          "pretrain", "train", "sweep", "report", "evaluate", "segment", "preview")
 
 
 def _settings_options(parser: argparse.ArgumentParser, suffix: str = "") -> None:

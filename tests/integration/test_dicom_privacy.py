@@ -50,7 +50,7 @@ def test_no_header_identifier_reaches_data_or_mlflow(tmp_path, monkeypatch, caps
                                    export / f"{PLANTED['PatientID']}_{k}/CT", series_number=2 + k)
         truths[pydicom.dcmread(files[0]).SeriesInstanceUID] = load_volume(case / "truth.nii.gz")
     shutil.rmtree(tmp_path / "raw/abdomen")
-    dirs, _ = import_cohort(export, tmp_path / "raw", "dicom", id_map_path=tmp_path / ".boneseg/map.json")
+    dirs, _, _ = import_cohort(export, tmp_path / "raw", "dicom", id_map_path=tmp_path / ".boneseg/map.json")
     assert len(dirs) == 5
     # a reader labels them by hand (here: the synthetic truth) under the new ids
     ids = json.loads((tmp_path / ".boneseg/map.json").read_text())

@@ -19,6 +19,7 @@ def test_help_lists_every_command_with_one_line(capsys):
     out = capsys.readouterr().out
     commands = [
         "config",
+        "raw",
         "synth",
         "import",
         "propose",

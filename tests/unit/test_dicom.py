@@ -49,7 +49,8 @@ def imported(out: Path) -> list[Path]:
 
 def test_ct5n_geometry_equals_dcm2niix_and_values_are_rescaled_pixels(tmp_path):
     # the study folder as exported: CT5N beside CT2N, a real 2-image localizer series
-    dirs, skipped = import_cohort(CT5N.parent, tmp_path / "raw", "dicom", id_map_path=tmp_path / "map.json")
+    dirs, _, skipped = import_cohort(CT5N.parent, tmp_path / "raw", "dicom",
+                                     id_map_path=tmp_path / "map.json")
     assert len(dirs) == 1 and skipped == ["series 4 in CT2N: localizer (scout), not a CT volume"]
     ours = load_ct(dirs[0] / "ct.nii.gz")
     ref = dcm2niix(CT5N, tmp_path / "ref")
@@ -76,7 +77,7 @@ def test_synthetic_ct_round_trips_with_its_ras_affine_and_no_identifier(tmp_path
     ct = make_ct(shape=(30, 26, 7), affine=oblique_lps((30, 26, 7)), seed=5)
     write_dicom_series(ct, tmp_path / "export/PLANTEDID4711/study/ser2")
     idmap = tmp_path / "local/map.json"
-    dirs, _ = import_cohort(tmp_path / "export", tmp_path / "raw", "dicom", id_map_path=idmap)
+    dirs, _, _ = import_cohort(tmp_path / "export", tmp_path / "raw", "dicom", id_map_path=idmap)
     got, want = load_ct(dirs[0] / "ct.nii.gz"), to_canonical(ct)
     np.testing.assert_allclose(got.affine, want.affine, atol=1e-3)
     np.testing.assert_array_equal(got.data, want.data)
@@ -91,9 +92,10 @@ def test_synthetic_ct_round_trips_with_its_ras_affine_and_no_identifier(tmp_path
             raw = f.read_bytes()
             body = nib.load(str(f)).to_bytes() if f.name.endswith(".nii.gz") else raw
             assert not any(p in raw or p in body for p in planted), f"{f} holds a header identifier"
-    # the only place a source UID lives: the local id map
-    assert list(json.loads(idmap.read_text()).values()) == ["ct0000"]
-    assert next(iter(json.loads(idmap.read_text()))).startswith(f"dicom:{UID_ROOT}")
+    # the id map keys the case by its voxels: no UID, no header text, even there
+    doc = json.loads(idmap.read_text())
+    assert list(doc["cases"].values()) == ["ct0000"] and next(iter(doc["cases"])).startswith("ct-sha256:")
+    assert UID_ROOT not in idmap.read_text() and "Planted" not in idmap.read_text()
 
 
 def test_nested_series_become_cases_localizers_are_skipped_and_listed(tmp_path):
@@ -104,15 +106,17 @@ def test_nested_series_become_cases_localizers_are_skipped_and_listed(tmp_path):
     write_dicom_series(make_ct(shape=(24, 20, 2)), src / "scout", series_number=1,
                        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
     (src / "README.txt").write_text("not dicom")
-    dirs, skipped = import_cohort(src, tmp_path / "raw", "dicom", id_map_path=tmp_path / "m.json")
+    dirs, _, skipped = import_cohort(src, tmp_path / "raw", "dicom", id_map_path=tmp_path / "m.json")
     assert [d.name for d in dirs] == ["ct0000", "ct0001", "ct0002"]
     assert skipped == ["series 1 in scout: localizer (scout), not a CT volume"]
-    series, ignored = scan_series(src)
-    assert ignored == 1 and sorted(s.name for s in series) == [
+    series, unreadable = scan_series(src)
+    assert unreadable == [] and sorted(s.name for s in series) == [
         "series 1 in scout", "series 3 in a/1", "series 4 in a/1", "series 7 in b/deep/er"]
     # a second import of the same export keeps the ids
-    dirs2, _ = import_cohort(src, tmp_path / "raw", "dicom", id_map_path=tmp_path / "m.json")
-    assert [d.name for d in dirs2] == ["ct0000", "ct0001", "ct0002"]
+    before = {p: p.read_bytes() for p in (tmp_path / "raw").rglob("*") if p.is_file()}
+    dirs2, same, _ = import_cohort(src, tmp_path / "raw", "dicom", id_map_path=tmp_path / "m.json")
+    assert dirs2 == [] and [d.name for d in same] == ["ct0000", "ct0001", "ct0002"]
+    assert {p: p.read_bytes() for p in (tmp_path / "raw").rglob("*") if p.is_file()} == before
 
 
 def _drop_middle(files):
@@ -154,7 +158,7 @@ BAD_SRC = r"case series 2 in src is invalid, nothing was imported: "
 @pytest.mark.parametrize("case, match", [
     ("missing_slice", BAD_SRC + r"1 slice\(s\) missing between positions .* slices are 3 mm apart"),
     ("not_ct", BAD_SRC + r"modality MR, not CT.*remove the series"),
-    ("truncated", r"unreadable DICOM pixel data .*truncated"),
+    ("truncated", r"unreadable pixel data .*truncated"),
     ("mixed", r"case series 2 in 2 folders is invalid, nothing was imported: "
               r"mixed slice sizes \['20x20', '20x24'\]"),
     ("no_rescale", r"no RescaleSlope/RescaleIntercept and its stored values \[\d+, \d+\] are not Hounsfield"),
@@ -186,7 +190,7 @@ def test_bad_dicom_is_refused_naming_the_series_and_nothing_is_written(tmp_path,
 def test_skip_invalid_imports_the_good_series_and_lists_the_bad_one(tmp_path):
     write_dicom_series(make_ct(seed=1), tmp_path / "src/ok", series_number=5)
     _drop_middle(write_dicom_series(make_ct(seed=2), tmp_path / "src/gap", series_number=6))
-    dirs, skipped = import_cohort(tmp_path / "src", tmp_path / "raw", "dicom", skip_invalid=True,
+    dirs, _, skipped = import_cohort(tmp_path / "src", tmp_path / "raw", "dicom", skip_invalid=True,
                                   id_map_path=tmp_path / "m.json")
     assert len(dirs) == 1 and len(skipped) == 1
     assert skipped[0].startswith("series 6 in gap: ") and "missing between positions" in skipped[0]

@@ -33,7 +33,7 @@ def case(tmp_path_factory):
     ct = phantom()
     vol = Volume(ct.astype(np.int16), oblique_lps(ct.shape))
     write_dicom_series(vol, root / "series", series_number=3)
-    dirs, _ = import_cohort(root / "series", root / "raw", "dicom", id_map_path=root / "map.json")
+    dirs, _, _ = import_cohort(root / "series", root / "raw", "dicom", id_map_path=root / "map.json")
     cfg = Config.model_validate({"train": {"device": "cpu", "threads": 2}})
     (root / "params.yaml").write_text(to_yaml(cfg))
     return root, dirs[0] / "ct.nii.gz"

@@ -25,7 +25,7 @@ def snapshot(d):
 def test_nifti_layout_imports_pseudonymous_ras_cases(tmp_path):
     src = nifti_source(tmp_path / "src")
     idmap = tmp_path / "local" / "idmap.json"
-    dirs, skipped = import_cohort(src, tmp_path / "raw", "nifti", id_map_path=idmap)
+    dirs, _, skipped = import_cohort(src, tmp_path / "raw", "nifti", id_map_path=idmap)
     assert skipped == [] and [d.name for d in dirs] == ["ct0000", "ct0001"]
     for d in dirs:
         ct = load_ct(d / "ct.nii.gz")
@@ -34,10 +34,10 @@ def test_nifti_layout_imports_pseudonymous_ras_cases(tmp_path):
         assert truth.data.max() == 4
         hdr = nib.load(str(d / "ct.nii.gz")).header
         assert all(hdr[f].item() == b"" for f in ("descrip", "db_name", "aux_file", "intent_name"))
-    # the source name appears nowhere in the output, only in the local id map
+    # the source name appears nowhere in the output, nor in the id map (keyed by content)
     blob = b"".join(snapshot(tmp_path / "raw").values())
-    assert b"Smith" not in blob
-    assert json.loads(idmap.read_text()) == {"patient_Smith_0": "ct0000", "patient_Smith_1": "ct0001"}
+    assert b"Smith" not in blob and "Smith" not in idmap.read_text()
+    assert sorted(json.loads(idmap.read_text())["cases"].values()) == ["ct0000", "ct0001"]
 
 
 def test_reimport_keeps_ids_and_new_cases_get_new_ids(tmp_path):
@@ -46,10 +46,10 @@ def test_reimport_keeps_ids_and_new_cases_get_new_ids(tmp_path):
     import_cohort(src, tmp_path / "raw", id_map_path=idmap)
     ct = make_ct(seed=9)
     save_volume(ct, src / "images" / "another.nii.gz")
-    dirs, _ = import_cohort(src, tmp_path / "raw", id_map_path=idmap)
-    ids = json.loads(idmap.read_text())
-    assert ids["patient_Smith_0"] == "ct0000" and ids["another"] == "ct0002"
-    assert len(dirs) == 3
+    dirs, _, _ = import_cohort(src, tmp_path / "raw", id_map_path=idmap)
+    ids = json.loads(idmap.read_text())["cases"]
+    assert sorted(ids.values()) == ["ct0000", "ct0001", "ct0002"]
+    assert [d.name for d in dirs] == ["ct0002"]  # the two known CTs are unchanged
 
 
 def test_header_text_is_blanked(tmp_path):
@@ -59,7 +59,7 @@ def test_header_text_is_blanked(tmp_path):
     img.header["db_name"] = b"HOSPITAL"
     (tmp_path / "src" / "images").mkdir(parents=True)
     nib.save(img, tmp_path / "src" / "images" / "a.nii.gz")
-    dirs, _ = import_cohort(tmp_path / "src", tmp_path / "raw", id_map_path=tmp_path / "m.json")
+    dirs, _, _ = import_cohort(tmp_path / "src", tmp_path / "raw", id_map_path=tmp_path / "m.json")
     raw = (dirs[0] / "ct.nii.gz").read_bytes()
     import gzip
 
@@ -76,13 +76,14 @@ def test_one_bad_case_leaves_output_untouched(tmp_path):
     with pytest.raises(DataError, match=r"case patient_Smith_1 is invalid, nothing was imported.*shape"):
         import_cohort(src, out, id_map_path=tmp_path / "m.json")
     assert snapshot(out) == before
-    assert json.loads((tmp_path / "m.json").read_text()) == {"patient_Smith_0": "ct0000"}
+    assert list(json.loads((tmp_path / "m.json").read_text())["cases"].values()) == ["ct0000"]
 
 
 def test_skip_invalid_imports_the_rest_and_says_why(tmp_path):
     src = nifti_source(tmp_path / "src", n=3)
     (src / "images" / "patient_Smith_2.nii.gz").write_bytes(b"garbage")
-    dirs, skipped = import_cohort(src, tmp_path / "raw", skip_invalid=True, id_map_path=tmp_path / "m.json")
+    dirs, _, skipped = import_cohort(src, tmp_path / "raw", skip_invalid=True,
+                                     id_map_path=tmp_path / "m.json")
     assert len(dirs) == 2
     assert len(skipped) == 1 and skipped[0].startswith("patient_Smith_2:")
 
@@ -116,7 +117,7 @@ def totalseg_source(root, n=2):
 
 def test_totalsegmentator_layout_maps_classes(tmp_path):
     src = totalseg_source(tmp_path / "ts")
-    dirs, _ = import_cohort(src, tmp_path / "raw", "totalsegmentator", id_map_path=tmp_path / "m.json")
+    dirs, _, _ = import_cohort(src, tmp_path / "raw", "totalsegmentator", id_map_path=tmp_path / "m.json")
     lab = load_labels(dirs[0] / "truth.nii.gz").data
     assert (lab[3, 3, 0], lab[7, 3, 0], lab[11, 11, 0], lab[15, 3, 0], lab[3, 15, 0]) == (1, 1, 2, 3, 4)
     assert lab[17, 17, 0] == 0  # spleen is not one of our classes

@@ -29,6 +29,9 @@ VARIANTS = {
     "multi-pretrained": ("multi", "pretrained"),
     "single-pretrained": ("single", "pretrained"),
 }
+# A volume may hold at most this many voxels (512 x 512 x 1024: a whole-body CT at sub-mm
+# spacing; 1 GiB as float32): checked from NIfTI and DICOM headers before data is read.
+MAX_VOXELS = 512 * 512 * 1024
 THIGH_WEIGHTS = "results/pretrain/thigh_encoder.safetensors"  # written by the `pretrain` stage
 ENCODER_WEIGHT_NAMES = ("none", "imagenet", "thigh")  # the named choices; anything else is a file
 
@@ -55,6 +58,17 @@ class SynthConfig(_Strict):
         return v
 
 
+class SourceConfig(_Strict):
+    """One folder of a lab's own CT that the `raw` stage imports (`boneseg import`'s layouts)."""
+
+    path: str = Field(description="a folder under data.sources_dir (the raw stage's DVC dependency)")
+    layout: Literal["dicom", "nifti", "totalsegmentator"] = Field(
+        "dicom", description="dicom: series in any nesting; nifti: images/ (+ labels/); totalsegmentator")
+    cohort: Literal["abdomen", "thigh"] = "abdomen"
+    skip_invalid: bool = Field(False, description="import the valid cases and list the others (else one "
+                               "bad case stops the stage)")
+
+
 def unet_side(v: int, also: str = "") -> int:
     """The U-Net downsamples 5 times: an input side must divide by 2**5."""
     if v < 32 or v % 32:
@@ -74,6 +88,13 @@ class DataConfig(_Strict):
     slices_dir: str = "data/slices"
     image_size: int = Field(160, description="2.5-D slice side after in-plane resampling")
     window: tuple[float, float] = (-200.0, 1500.0)
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="the lab's own CT, imported by the raw stage; empty: the synthetic "
+                                          "cohort (data.synth)")
+    sources_dir: str = Field("data/sources",
+                             description="where data.sources lie (the raw stage's dependency)")
+    max_voxels: int = Field(MAX_VOXELS, ge=1, description="the largest CT read (from its header, before its "
+                            "data is decompressed)")
     synth: SynthConfig = SynthConfig()
 
     @field_validator("image_size")
@@ -113,6 +134,9 @@ class SplitsConfig(_Strict):
     test_cases: int = Field(2, ge=0)
     seed: int = 0
     stratify: bool = True
+    include_unreviewed: bool = Field(
+        False, description="also split (train on, score) cases with neither truth nor a correction, labelled "
+                           "from their proposal alone")
 
 
 class ModelConfig(_Strict):

@@ -14,8 +14,15 @@ affine is diag(-1, -1, 1) of that. Arrays are kept in that (i, j, k) order; call
 reorder them to the closest RAS+ order (`nifti.to_canonical`), as NIfTI import does.
 
 Privacy: series are named in messages by their SeriesNumber and folder, never by
-UID or by any patient, study or institution text. `Series.uid` leaves this module only
-into the local import id map.
+UID or by any patient, study or institution text. `Series.uid` only groups files: it
+leaves this module nowhere (the import keys a case by its voxels, `importing.content_key`).
+
+Hostile or broken headers: every tag that is read is parsed in a guard that turns any
+defect into a DataError naming the series, the file and the tag; the size (Rows x
+Columns x files) is checked from the headers before any pixel data is decoded.
+
+lines: over 300 because each header defect has its own refusal with its own fix; split,
+the order of the checks (headers, size, pixels, geometry) would no longer read in one place.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boneseg.core.nifti import HU_AIR_REQUIRED, HU_MAX_ALLOWED, HU_MIN_ALLOWED, Volume, check_ct
+from boneseg.core.nifti import HU_AIR_REQUIRED, HU_MAX_ALLOWED, HU_MIN_ALLOWED, MAX_VOXELS, Volume, check_ct
 from boneseg.errors import DataError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -35,7 +42,9 @@ NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "RTSTRUCT", "RTPLAN", "R
 ORIENTATION_ATOL = 1e-4  # direction cosines
 SPACING_RTOL = 0.01  # slice steps may differ by 1 % before the series counts as unevenly spaced
 TILT_ATOL_MM = 0.01  # how far a slice origin may sit off the line along the slice normal
-HEADER_TAGS = ["Modality", "SeriesInstanceUID", "SeriesNumber", "ImageType", "SOPClassUID", "NumberOfFrames"]
+HEADER_TAGS = ["Modality", "SeriesInstanceUID", "SeriesNumber", "ImageType", "SOPClassUID", "NumberOfFrames",
+               "Rows", "Columns"]
+UNIT_ATOL = 1e-3  # ImageOrientationPatient: unit-length, orthogonal direction cosines
 
 
 @dataclass
@@ -46,6 +55,8 @@ class Series:
     files: list[Path]
     localizer: bool = False
     multiframe: bool = False
+    voxels: int = 0  # Rows x Columns x files (x frames), from the headers: checked before pixels are read
+    problem: str | None = None  # a header defect found while scanning: read_series refuses with it
 
 
 @dataclass
@@ -81,41 +92,77 @@ def _series_name(number, files: list[Path], root: Path) -> str:
     return f"series {num} in {where if where != '.' else root.name}"
 
 
-def scan_series(root: str | os.PathLike) -> tuple[list[Series], int]:
+def scan_series(root: str | os.PathLike) -> tuple[list[Series], list[str]]:
     """Every DICOM image series under `root` (nested folders, no DICOMDIR needed), grouped
-    by SeriesInstanceUID. Returns (series, number of files that are not DICOM images)."""
+    by SeriesInstanceUID. Returns (series, one line per unreadable file)."""
     pydicom = _pydicom()
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: DICOM folder not found.")
     groups: dict[str, list] = defaultdict(list)
-    ignored = 0
+    unreadable = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
         if not is_dicom_file(path):
-            ignored += 1
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            modality = str(ds.get("Modality", "") or "")
         except Exception as exc:
-            raise DataError(f"{path}: unreadable DICOM header ({type(exc).__name__}). The file is "
-                            "truncated or corrupt: re-export it, or remove it from the folder.") from None
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
-        modality = str(ds.get("Modality", "") or "")
+            unreadable.append(f"{path}: unreadable DICOM header ({type(exc).__name__}). The file is "
+                              "truncated or corrupt: re-export it, or remove it from the folder.")
+            continue
         if not uid or modality in NON_IMAGE_MODALITIES:  # a DICOMDIR, a dose report, ...
-            ignored += 1
             continue
         groups[uid].append((path, ds))
-    out = []
-    for uid, items in groups.items():
-        files = [p for p, _ in items]
-        first = items[0][1]
-        image_type = {str(v).upper() for ds in (d for _, d in items) for v in (ds.get("ImageType") or [])}
-        name = _series_name(first.get("SeriesNumber"), files, root)
-        out.append(Series(uid, name, str(first.get("Modality", "")), files,
-                          localizer="LOCALIZER" in image_type,
-                          multiframe=any(int(d.get("NumberOfFrames", 1) or 1) > 1 for _, d in items)))
+    out = [_series(uid, items, root) for uid, items in groups.items()]
     out.sort(key=lambda s: (s.name, str(s.files[0])))
-    return out, ignored
+    return out, unreadable
+
+
+def _series(uid: str, items: list, root: Path) -> Series:
+    files = [p for p, _ in items]
+    first = items[0][1]
+    try:
+        number = first.get("SeriesNumber")
+    except Exception:
+        number = None
+    name = _series_name(number, files, root)
+    s = Series(uid, name, str(first.get("Modality", "") or ""), files)
+    voxels = 0
+    for path, ds in items:
+        try:
+            image_type = {str(v).upper() for v in (ds.get("ImageType") or [])}
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        except Exception as exc:
+            tag = _bad_tag(ds, ("ImageType", "NumberOfFrames", "Rows", "Columns"))
+            s.problem = (f"{name}: {path.name} has a malformed {tag} ({type(exc).__name__}). "
+                         "Re-export the series.")
+            return s
+        if frames < 1 or rows < 1 or cols < 1:
+            s.problem = (f"{name}: {path.name} declares {rows} rows, {cols} columns, {frames} frames. "
+                         "The header is corrupt: re-export the series.")
+            return s
+        s.localizer |= "LOCALIZER" in image_type
+        s.multiframe |= frames > 1
+        voxels += rows * cols * frames
+    s.voxels = voxels
+    return s
+
+
+def _bad_tag(ds, keys: tuple[str, ...]) -> str:
+    """The first of `keys` whose value does not parse."""
+    for k in keys:
+        try:
+            v = ds.get(k)
+            if k in ("NumberOfFrames", "Rows", "Columns") and v not in (None, ""):
+                int(v)
+            elif v is not None:
+                list(v) if k == "ImageType" else str(v)
+        except Exception:
+            return k
+    return "header"
 
 
 def is_dicom_folder(path: Path) -> bool:
@@ -125,16 +172,39 @@ def is_dicom_folder(path: Path) -> bool:
     return any(is_dicom_file(p) for p in path.rglob("*") if p.is_file())
 
 
-def _read_full(path: Path):
+def _read_full(path: Path, name: str):
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise DataError(f"{name}: {path.name} is unreadable ({type(exc).__name__}). The file is truncated or "
+                        "corrupt: re-export the series.") from None
+    try:
         pixels = ds.pixel_array
     except Exception as exc:
-        raise DataError(f"{path}: unreadable DICOM pixel data ({type(exc).__name__}: {exc}). The file "
-                        "is truncated or corrupt, or its compression needs a decoder (pip install "
-                        "pylibjpeg pylibjpeg-libjpeg): re-export the series uncompressed.") from None
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and getattr(syntax, "is_compressed", False):
+            raise DataError(f"{name}: {path.name}'s pixel data is compressed ({syntax.name}) and no "
+                            "installed decoder reads it (TransferSyntaxUID). Re-export the series "
+                            "uncompressed (explicit VR little endian), or install a decoder for it "
+                            "(pydicom's docs list them).") from None
+        raise DataError(f"{name}: {path.name} has unreadable pixel data ({type(exc).__name__}: {exc}). "
+                        "The file is truncated or corrupt: re-export the series.") from None
     return ds, pixels
+
+
+def _numbers(ds, path: Path, name: str, key: str, n: int) -> np.ndarray:
+    """A multi-valued decimal tag as n finite floats, or a DataError naming the file and tag."""
+    try:
+        v = ds.get(key)
+        seq = [v] if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__") else list(v)
+        vals = np.array([float(x) for x in seq], dtype=float)
+    except Exception:
+        vals = np.array([])
+    if vals.shape != (n,) or not np.all(np.isfinite(vals)):
+        raise DataError(f"{name}: {path.name} has a malformed {key} ({n} finite numbers expected). "
+                        "Re-export the series.")
+    return vals
 
 
 def _required(ds, path: Path, name: str, keys: tuple[str, ...]):
@@ -144,26 +214,59 @@ def _required(ds, path: Path, name: str, keys: tuple[str, ...]):
                         "(ImagePositionPatient, ImageOrientationPatient, PixelSpacing): re-export it.")
 
 
-def check_series(series: Series) -> None:
-    """Refusals that need no pixel data: modality and enhanced multi-frame objects."""
+def _geometry(ds, path: Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ImagePositionPatient, ImageOrientationPatient, PixelSpacing) of one slice, checked."""
+    _required(ds, path, name, ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
+    ipp = _numbers(ds, path, name, "ImagePositionPatient", 3)
+    iop = _numbers(ds, path, name, "ImageOrientationPatient", 6)
+    spacing = _numbers(ds, path, name, "PixelSpacing", 2)
+    if np.any(spacing <= 0):
+        raise DataError(f"{name}: {path.name} has PixelSpacing {spacing.tolist()}: both must be positive "
+                        "(mm between rows, columns). Re-export the series.")
+    r, c = iop[:3], iop[3:]
+    if (abs(np.linalg.norm(r) - 1) > UNIT_ATOL or abs(np.linalg.norm(c) - 1) > UNIT_ATOL
+            or abs(float(r @ c)) > UNIT_ATOL):
+        raise DataError(f"{name}: {path.name} has ImageOrientationPatient {iop.round(5).tolist()}: not two "
+                        "orthogonal unit vectors (a sheared or corrupt grid). Re-export the series.")
+    return ipp, iop, spacing
+
+
+def check_series(series: Series, max_voxels: int = MAX_VOXELS) -> None:
+    """Refusals that need no pixel data: header defects, modality, enhanced multi-frame
+    objects, and a size over `max_voxels` (Rows x Columns x files)."""
+    if series.problem:
+        raise DataError(series.problem)
     if series.modality != "CT":
         raise DataError(f"{series.name}: modality {series.modality or 'missing'}, not CT. boneseg imports "
                         "CT only: remove the series from the folder (or pass --skip-invalid).")
     if series.multiframe:
-        raise DataError(f"{series.name}: an enhanced multi-frame CT object. Convert it to single-frame "
-                        "slices (e.g. dcm2niix to NIfTI, then `boneseg import --layout nifti`).")
+        raise DataError(f"{series.name}: an enhanced multi-frame CT object (NumberOfFrames > 1). Convert it "
+                        "to single-frame slices (e.g. dcm2niix to NIfTI, then import the NIfTI layout).")
+    if series.voxels > max_voxels:
+        raise DataError(f"{series.name}: Rows x Columns x {len(series.files)} files = {series.voxels:,} "
+                        f"voxels, over the limit of {max_voxels:,} (data.max_voxels). Crop the series, or "
+                        "raise data.max_voxels if the machine has the memory.")
 
 
 def _hu(ds, pixels: np.ndarray, path: Path, name: str) -> np.ndarray:
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is None or intercept is None:
+    if slope is not None and intercept is not None:
+        slope = float(_numbers(ds, path, name, "RescaleSlope", 1)[0])
+        intercept = float(_numbers(ds, path, name, "RescaleIntercept", 1)[0])
+        if slope == 0:
+            raise DataError(f"{name}: {path.name} has RescaleSlope 0, which maps every pixel to one value. "
+                            "Re-export the series with its real rescale tags.")
+    else:
         lo, hi = float(pixels.min()), float(pixels.max())
         if lo > HU_AIR_REQUIRED or lo < HU_MIN_ALLOWED or hi > HU_MAX_ALLOWED:
             raise DataError(f"{name}: {path.name} has no RescaleSlope/RescaleIntercept and its stored values "
                             f"[{lo:g}, {hi:g}] are not Hounsfield units (no air below {HU_AIR_REQUIRED:g}). "
                             "Re-export the series with its rescale tags (CT usually has intercept -1024).")
         slope, intercept = 1.0, 0.0
-    return pixels.astype(np.float32) * np.float32(float(slope)) + np.float32(float(intercept))
+    out = pixels.astype(np.float32)
+    out *= np.float32(slope)
+    out += np.float32(intercept)
+    return out
 
 
 def _slice_order(positions: np.ndarray, normal: np.ndarray, name: str, files: list[Path]) -> np.ndarray:
@@ -198,26 +301,25 @@ def _slice_order(positions: np.ndarray, normal: np.ndarray, name: str, files: li
     return order
 
 
-def read_series(series: Series) -> DicomCT:
+def read_series(series: Series, max_voxels: int = MAX_VOXELS) -> DicomCT:
     """The whole series as an HU volume with its RAS+ affine, or a DataError naming it."""
-    check_series(series)
+    check_series(series, max_voxels)
     if len(series.files) < 2:
         raise DataError(f"{series.name}: one slice only. A CT volume needs at least 2 slices.")
-    name, dss, planes = series.name, [], []
+    name, dss, planes, geo = series.name, [], [], []
     for path in series.files:
-        ds, pixels = _read_full(path)
-        _required(ds, path, name, ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
+        ds, pixels = _read_full(path, name)
+        geo.append(_geometry(ds, path, name))
         if pixels.ndim != 2:
             raise DataError(f"{name}: {path.name} holds {pixels.shape} pixels, not one 2-D slice.")
         planes.append(_hu(ds, pixels, path, name))
-        del ds.PixelData
+        del ds.PixelData, pixels
         dss.append(ds)
     shapes = sorted({p.shape for p in planes})
     if len(shapes) > 1:
         raise DataError(f"{name}: mixed slice sizes {[f'{r}x{c}' for r, c in shapes]} in one series. "
                         "Split it into one series per size.")
-    iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in dss])
-    spacing = np.array([[float(v) for v in ds.PixelSpacing] for ds in dss])
+    ipp, iop, spacing = (np.array([g[i] for g in geo]) for i in range(3))
     if np.abs(iop - iop[0]).max() > ORIENTATION_ATOL:
         raise DataError(f"{name}: mixed slice orientations in one series. Split it into one series per "
                         "orientation.")
@@ -226,7 +328,6 @@ def read_series(series: Series) -> DicomCT:
                         "series. Split it into one series per spacing.")
     row_cos, col_cos = iop[0, :3], iop[0, 3:]
     normal = np.cross(row_cos, col_cos)
-    ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in dss])
     order = _slice_order(ipp, normal, name, series.files)
     ipp = ipp[order]
     lps = np.eye(4)
@@ -234,8 +335,12 @@ def read_series(series: Series) -> DicomCT:
     lps[:3, 1] = col_cos * spacing[0, 0]
     lps[:3, 2] = (ipp[-1] - ipp[0]) / (len(ipp) - 1)
     lps[:3, 3] = ipp[0]
-    data = np.stack([planes[i] for i in order]).transpose(2, 1, 0)  # (k, rows, cols) -> (i, j, k)
-    vol = Volume(np.ascontiguousarray(data), LPS_TO_RAS @ lps)
+    rows, cols = planes[0].shape
+    data = np.empty((cols, rows, len(planes)), np.float32)  # (i, j, k); each plane is freed once placed
+    for k, i in enumerate(order):
+        data[:, :, k] = planes[i].T
+        planes[i] = None
+    vol = Volume(data, LPS_TO_RAS @ lps)
     check_ct(vol, name)
     return DicomCT(vol, [dss[i] for i in order], name)
 
@@ -243,7 +348,9 @@ def read_series(series: Series) -> DicomCT:
 def read_ct_folder(folder: str | os.PathLike) -> tuple[DicomCT, list[str]]:
     """The one CT series in a folder (localizers skipped), as `boneseg segment` takes it.
     Returns it and the names of the skipped localizers."""
-    found, _ = scan_series(folder)
+    found, unreadable = scan_series(folder)
+    if unreadable:
+        raise DataError(unreadable[0])
     localizers = [s.name for s in found if s.localizer]
     cts = [s for s in found if not s.localizer]
     if not cts:

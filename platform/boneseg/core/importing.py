@@ -7,11 +7,13 @@ Three source layouts:
                     one case per series; localizers are skipped and listed
 
 Every case is validated before anything is written; one bad case stops the import with
-the output folder untouched (or, with --skip-invalid, is listed and left out). Source
-ids (file names, or DICOM SeriesInstanceUIDs) are replaced by `ct0000`-style ids; the
-map lives in a local, git-ignored file (.boneseg/import_idmap.json) and is never logged.
-Files are reoriented to the closest RAS+ order and written with fresh headers (no source
-header text).
+the output folder untouched (or, with --skip-invalid, is listed and left out). Case ids
+are keyed by content (`core.pseudonyms`); the map is written before any case folder
+appears, so a killed import never leaves a case the map does not know. Cases are staged
+beside the output (`staging_root`), where no case glob looks, and each moves into place
+by one rename; the next import clears a killed one's staging. One import per output
+folder at a time (flock). CTs are reoriented to the closest RAS+ order and written with
+fresh headers (no source header text).
 """
 from __future__ import annotations
 
@@ -21,15 +23,28 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from boneseg.core import project
 from boneseg.core.dicom import Series, read_series, scan_series
 from boneseg.core.io import atomic_write_text
-from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume, strip_nifti_suffix, to_canonical
+from boneseg.core.nifti import (
+    MAX_VOXELS,
+    Volume,
+    load_ct,
+    load_labels,
+    save_volume,
+    strip_nifti_suffix,
+    to_canonical,
+    to_hu16,
+)
+from boneseg.core.pseudonyms import assign_ids, content_key, load_id_map, save_id_map
 from boneseg.errors import DataError
 
-DEFAULT_ID_MAP = ".boneseg/import_idmap.json"
+LAYOUTS = ("nifti", "totalsegmentator", "dicom")
+COHORTS = ("abdomen", "thigh")
 
 # TotalSegmentator class -> our label id (later entries win where masks overlap)
 TS_VESSELS = ("aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_left",
@@ -96,10 +111,13 @@ def scan_totalsegmentator(src: Path) -> list[SourceCase]:
     return cases
 
 
-def scan_dicom(src: Path) -> tuple[list[SourceCase], list[str]]:
-    """One case per CT series; localizers are left out and listed (by series number and folder)."""
-    found, _ = scan_series(src)
-    skipped = [f"{s.name}: localizer (scout), not a CT volume" for s in found if s.localizer]
+def scan_dicom(src: Path, skip_invalid: bool = False) -> tuple[list[SourceCase], list[str]]:
+    """One case per CT series; localizers are left out and listed (by series number and folder),
+    and so are unreadable files with `skip_invalid` (else the first is refused)."""
+    found, unreadable = scan_series(src)
+    if unreadable and not skip_invalid:
+        raise DataError(f"{unreadable[0]} Nothing was imported (--skip-invalid imports the rest).")
+    skipped = [f"{s.name}: localizer (scout), not a CT volume" for s in found if s.localizer] + unreadable
     cases = [SourceCase(f"dicom:{s.uid}", s.files[0], series=s) for s in found if not s.localizer]
     if not cases:
         raise DataError(f"{src}: no DICOM CT series found{' (only localizers)' if skipped else ''}. "
@@ -121,31 +139,15 @@ def merge_ts_masks(case: SourceCase, image: Volume) -> Volume | None:
     return Volume(out, image.affine.copy())
 
 
-def read_case(case: SourceCase, layout: str) -> tuple[Volume, Volume | None]:
+def read_case(case: SourceCase, layout: str, max_voxels: int = MAX_VOXELS) -> tuple[Volume, Volume | None]:
     if layout == "dicom":
-        return read_series(case.series).volume, None
-    image = load_ct(case.image)
+        return read_series(case.series, max_voxels).volume, None
+    image = load_ct(case.image, max_voxels)
     if layout == "nifti":
         labels = load_labels(case.labels, image, case.image) if case.labels else None
     else:
         labels = merge_ts_masks(case, image)
     return image, labels
-
-
-def load_id_map(path: Path) -> dict[str, str]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def assign_ids(sources: list[str], id_map: dict[str, str], prefix: str = "ct") -> dict[str, str]:
-    """Stable pseudonyms: known sources keep their id, new ones get the next free number."""
-    out = dict(id_map)
-    used = {int(v[len(prefix):]) for v in out.values() if v.startswith(prefix) and v[len(prefix):].isdigit()}
-    nxt = max(used, default=-1) + 1
-    for s in sources:
-        if s not in out:
-            out[s] = f"{prefix}{nxt:04d}"
-            nxt += 1
-    return out
 
 
 def case_name(case: SourceCase) -> str:
@@ -167,68 +169,131 @@ def refuse_or_skip(case: SourceCase, exc: DataError, skip_invalid: bool) -> str:
 CT_GZIP_LEVEL = 1
 
 
-def stage_cases(cases, layout, staging: Path, skip_invalid: bool) -> tuple[list, list[str]]:
+def stage_cases(cases, layout, staging: Path, skip_invalid: bool, max_voxels: int) -> tuple[list, list[str]]:
     """Read and check each case once, writing the valid ones under staging/<n>/ (outside
-    the cohort folder, so a refusal leaves the output as it was)."""
-    ok, skipped = [], []
+    the cohort folder and its case glob, so a refusal or a kill leaves the output as it was).
+    Returns ([(case, folder, content key)], skipped lines); a second copy of one CT is skipped."""
+    ok, skipped, seen = [], [], {}
     for n, case in enumerate(cases):
         try:
-            image, labels = read_case(case, layout)
+            image, labels = read_case(case, layout, max_voxels)
         except DataError as exc:
             skipped.append(refuse_or_skip(case, exc, skip_invalid))
             continue
+        image = Volume(to_hu16(image.data), image.affine)
         image = to_canonical(image)
-        image.data = np.round(image.data).astype(np.int16)
+        key = content_key(image)
+        if key in seen:
+            skipped.append(f"{case_name(case)}: the same CT as {seen[key]}, imported once")
+            continue
+        seen[key] = case_name(case)
         d = staging / f"{n:05d}"
         save_volume(image, d / "ct.nii.gz", CT_GZIP_LEVEL)
+        del image
         if labels is not None:
             save_volume(to_canonical(labels), d / "truth.nii.gz")
-        ok.append((case, d))
+        ok.append((case, d, key))
     return ok, skipped
 
 
-def place_cases(staged, layout: str, out: Path, cohort: str, ids: dict[str, str]) -> list[Path]:
-    """Give each staged case its meta.json and move it into place under its pseudonym."""
-    final = []
-    for case, d in staged:
-        meta = {"case": ids[case.source_id], "cohort": cohort, "phase": "unknown",
-                "source": f"import:{layout}"}
+def _same(a: Path, b: Path) -> bool:
+    names = lambda d: sorted(p.name for p in d.iterdir())  # noqa: E731
+    return names(a) == names(b) and all((a / n).read_bytes() == (b / n).read_bytes() for n in names(a))
+
+
+def place_cases(staged, layout: str, out: Path, cohort: str, ids: dict[str, str],
+                force: bool = False) -> tuple[list[Path], list[Path]]:
+    """Give each staged case its meta.json and move it into place under its pseudonym.
+    A case already there with the same files is left alone; with other files it is
+    replaced only with `force` (checked for every case before any is moved).
+    Returns (case folders written, case folders already up to date)."""
+    plan = []
+    for _case, d, key in staged:
+        cid = ids[key]
+        meta = {"case": cid, "cohort": cohort, "phase": "unknown", "source": f"import:{layout}"}
         atomic_write_text(d / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        dst = out / cohort / ids[case.source_id]
+        dst = out / cohort / cid
+        there = [p for p in out.glob(f"*/{cid}") if p.is_dir()] if out.is_dir() else []
+        same = dst.is_dir() and _same(d, dst)
+        if there and not same and not force:
+            raise DataError(f"{there[0]}: case {cid} exists with other data (its source's labels, cohort or "
+                            "layout changed). Nothing was imported. Pass --force to replace it "
+                            "(its corrections stay under its id).")
+        plan.append((d, dst, there, same))
+    written, unchanged = [], []
+    for d, dst, there, same in plan:
+        if same:
+            unchanged.append(dst)
+            continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
-            shutil.rmtree(dst)
+        for old in there:  # --force: the old copy goes only once the new one is ready beside it
+            gone = old.with_name(f".{old.name}.replaced")
+            os.replace(old, gone)
+            shutil.rmtree(gone)
         os.replace(d, dst)
-        final.append(dst)
-    return final
+        written.append(dst)
+    return written, unchanged
+
+
+def _has_imported_cases(out: Path) -> bool:
+    for meta in out.glob("*/*/meta.json"):
+        try:
+            if str(json.loads(meta.read_text()).get("source", "")).startswith("import:"):
+                return True
+        except (OSError, ValueError):
+            return True  # unreadable: assume a lab's case
+    return False
+
+
+def staging_root(out: Path) -> Path:
+    """<out's parent>/.<out name>.import-staging: beside the output (so a case moves into
+    place by rename) but outside it, where no case glob looks."""
+    return out.parent / f".{out.name}.import-staging"
 
 
 def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = "abdomen",
-                  skip_invalid: bool = False, id_map_path: Path = Path(DEFAULT_ID_MAP)):
-    """Read, check and stage every case, then move them into place (each read once).
-    Returns (case dirs, skipped reasons)."""
-    source = Path(source)
+                  skip_invalid: bool = False, id_map_path: Path | None = None, force: bool = False,
+                  max_voxels: int = MAX_VOXELS) -> ImportResult:
+    """Read, check and stage every case, then move them into place (each read once), under
+    the output folder's lock. Returns the folders written, those already up to date, and
+    the skipped reasons (for the terminal only: they name sources)."""
+    source, out = Path(source), Path(out)
+    if layout not in LAYOUTS:
+        raise DataError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}.")
     if not source.is_dir():
         raise DataError(f"{source}: source folder not found.")
     listed = []
     if layout == "dicom":
-        cases, listed = scan_dicom(source)
+        cases, listed = scan_dicom(source, skip_invalid)
     else:
         cases = scan_nifti(source) if layout == "nifti" else scan_totalsegmentator(source)
-    out, existed = Path(out), Path(out).exists()
-    staging = out / f".import-staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staged, skipped = stage_cases(cases, layout, staging, skip_invalid)
-        ids = assign_ids([c.source_id for c, _ in staged], load_id_map(id_map_path))
-        dirs = place_cases(staged, layout, out, cohort, ids)
-    except BaseException:
-        if not existed:  # a refused import leaves no folder behind either
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    skipped = listed + skipped
-    atomic_write_text(id_map_path, json.dumps(ids, indent=1, sort_keys=True) + "\n")
-    # the skipped list names source ids: it goes to the terminal only, never to files
-    return dirs, skipped
+    id_map_path = Path(id_map_path) if id_map_path else project.id_map_path(out)
+    with project.exclusive(out, project.lock_name("import", out), f"an import into {out}"):
+        id_map = load_id_map(id_map_path)
+        if not id_map_path.is_file() and out.is_dir() and _has_imported_cases(out):
+            raise DataError(f"{out}: holds imported cases, but the id map {id_map_path} is missing, so a new "
+                            "source could be given an existing case's id. Restore the map from your backup, "
+                            "or import into an empty folder.")
+        stage = staging_root(out)
+        shutil.rmtree(stage, ignore_errors=True)  # a killed import's leftovers (we hold the lock)
+        existed = out.exists()
+        try:
+            staged, skipped = stage_cases(cases, layout, stage / "cases", skip_invalid, max_voxels)
+            taken = {p.name for p in out.glob("*/*") if p.is_dir()} if existed else set()
+            ids = assign_ids([k for _, _, k in staged], id_map, taken)
+            if ids != id_map:  # the map first: a case folder never exists without its map entry
+                save_id_map(id_map_path, ids)
+            written, unchanged = place_cases(staged, layout, out, cohort, ids, force)
+        except BaseException:
+            if not existed:  # a refused import leaves no folder behind either
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return ImportResult(written, unchanged, listed + skipped)
+
+
+class ImportResult(NamedTuple):
+    written: list[Path]
+    unchanged: list[Path]
+    skipped: list[str]  # name sources: the terminal only, never files or logs

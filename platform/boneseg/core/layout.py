@@ -31,6 +31,8 @@ def find_cases(raw_dir: str | Path) -> list[dict]:
     {"case", "cohort", "ct", "truth" (or None), "phase"}."""
     cases = []
     for ct in sorted(Path(raw_dir).glob("*/*/ct.nii.gz")):
+        if ct.parent.name.startswith(".") or ct.parent.parent.name.startswith("."):
+            continue  # never a case: a half-written or staged folder
         meta_path = ct.with_name("meta.json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         truth = ct.with_name("truth.nii.gz")

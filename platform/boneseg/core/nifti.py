@@ -18,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from boneseg.core.config import MAX_VOXELS
 from boneseg.core.io import atomic_write_bytes
 from boneseg.core.labelmap import LABEL_IDS
 from boneseg.errors import DataError
@@ -29,6 +30,8 @@ HU_MIN_ALLOWED = -3100.0
 HU_MAX_ALLOWED = 32767.0
 HU_AIR_REQUIRED = -500.0
 AFFINE_ATOL_MM = 1e-3
+MAX_VOX_OFFSET = 1 << 20  # where the voxels start: a header plus extensions, never megabytes
+ORTHOGONAL_ATOL = 1e-4  # |cos| between two voxel axes of an unsheared grid
 
 
 @dataclass
@@ -84,43 +87,118 @@ def save_volume(vol: Volume, path: str | os.PathLike, level: int = 6) -> Path:
     return path
 
 
-def load_volume(path: str | os.PathLike, what: str = "image") -> Volume:
-    """Read a 3-D NIfTI fully (so truncation is caught here) and check its geometry."""
+def load_volume(path: str | os.PathLike, what: str = "image", max_voxels: int = MAX_VOXELS) -> Volume:
+    """Read a 3-D NIfTI fully (so truncation is caught here) and check its geometry. The
+    header is checked first (shape x dtype against `max_voxels`, where the data starts,
+    sform/qform, shear), so a hostile file is refused before its data is decompressed."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} file not found. Check the path (expected a .nii or .nii.gz file).")
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path))  # reads the header only
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise DataError(f"{path}: not a NIfTI file ({type(img).__name__}). Convert it to NIfTI "
                             "(e.g. dcm2niix for DICOM) first.")
-        data = np.asanyarray(img.dataobj)
+        check_header(img, path, max_voxels)
+        data = _read_data(img)
     except DataError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(
             f"{path}: truncated or corrupt compressed data ({exc}). Re-export or re-copy the file."
         ) from None
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read the volume. Free memory or crop the CT."
+                        ) from None
     except Exception as exc:  # nibabel raises many types for bad bytes
         raise DataError(
             f"{path}: unreadable as NIfTI ({type(exc).__name__}: {exc}). Re-export the file as .nii/.nii.gz."
         ) from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3-D volume, got shape {data.shape} ({data.ndim}-D). "
-                        "Split 4-D series or stack 2-D slices into one 3-D volume.")
     vol = Volume(np.asarray(data), np.asarray(img.affine, dtype=np.float64))
-    _check_raw_pixdim(img, path)
     check_geometry(vol, path)
     return vol
 
 
-def _check_raw_pixdim(img, path: Path) -> None:
-    # nibabel silently replaces zero pixdim by 1 on load; read the header as stored
-    with nib.openers.ImageOpener(str(path)) as fh:
-        raw = type(img.header).from_fileobj(fh, check=False)
-    pixdim = np.asarray(raw["pixdim"][1:4], dtype=float)
+def _read_data(img) -> np.ndarray:
+    """The voxels in the stored dtype, or float32 where the header scales them (nibabel
+    would give float64: twice the memory of a CT in HU for nothing)."""
+    proxy = img.dataobj
+    slope, inter = proxy.slope, proxy.inter
+    raw = np.asanyarray(proxy.get_unscaled())
+    if (slope, inter) == (1.0, 0.0):
+        return raw
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        return raw.astype(np.float32) * np.nan  # refused by check_finite as NaN voxels
+    out = raw.astype(np.float32)
+    del raw
+    out *= np.float32(slope)
+    out += np.float32(inter)
+    return out
+
+
+def check_header(img, path: Path, max_voxels: int = MAX_VOXELS) -> None:
+    """Refusals from the header alone: dimensions, size, data offset, spacing, sform/qform."""
+    hdr = img.header
+    with nib.openers.ImageOpener(str(path)) as fh:  # as stored: nibabel's fixers turn a zero pixdim into 1
+        raw = type(hdr).from_fileobj(fh, check=False)
+    shape = tuple(int(d) for d in hdr.get_data_shape())
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected a 3-D volume, got shape {shape} ({len(shape)}-D) in the header's "
+                        "dim field. Split 4-D series or stack 2-D slices into one 3-D volume.")
+    if min(shape) < 1:
+        raise DataError(f"{path}: the header's dim field {list(shape)} has an empty axis. "
+                        "Re-export the file.")
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > max_voxels:
+        size = n * hdr.get_data_dtype().itemsize
+        raise DataError(f"{path}: the header declares {' x '.join(map(str, shape))} voxels "
+                        f"({size / 2**30:.1f} GiB), over the limit of {max_voxels:,} voxels "
+                        "(data.max_voxels). Crop or downsample the CT, or raise data.max_voxels if the "
+                        "machine has the memory.")
+    offset = float(hdr["vox_offset"])
+    if not np.isfinite(offset) or offset < 0 or offset > MAX_VOX_OFFSET:
+        raise DataError(f"{path}: the header's vox_offset {offset:g} is not where NIfTI data starts "
+                        f"(0 to {MAX_VOX_OFFSET} bytes). The file is corrupt: re-export it.")
+    _check_raw_pixdim(raw, path)
+    _check_forms(hdr, path)
+
+
+def _check_forms(hdr, path: Path) -> None:
+    """Both forms set must agree (viewers differ in which one they use), and the grid must
+    not be sheared: boneseg writes one affine as both, so it would otherwise change the grid."""
+    sform, scode = hdr.get_sform(coded=True)
+    qform, qcode = hdr.get_qform(coded=True)
+    for name, aff, code in (("sform", sform, scode), ("qform", qform, qcode)):
+        if code and (aff is None or not np.all(np.isfinite(aff))):
+            raise DataError(f"{path}: the header's {name} holds NaN/inf. Fix the {name} (or set "
+                            f"{name}_code to 0).")
+    if scode and qcode and not np.allclose(sform, qform, atol=AFFINE_ATOL_MM):
+        diff = float(np.abs(sform - qform).max())
+        raise DataError(f"{path}: the header's sform and qform disagree (by up to {diff:.4g} mm), so "
+                        "viewers would show different grids. Decide which is right and write it as both "
+                        "(e.g. nibabel: img.set_qform(img.get_sform())), or set the wrong one's code to 0.")
+    aff = sform if scode else qform if qcode else None
+    if aff is None:
+        return
+    axes = np.asarray(aff[:3, :3], dtype=float)
+    norms = np.linalg.norm(axes, axis=0)
+    if np.all(norms > 0):
+        cos = (axes / norms).T @ (axes / norms)
+        off = np.abs(cos - np.eye(3)).max()
+        if off > ORTHOGONAL_ATOL:
+            raise DataError(f"{path}: the {'sform' if scode else 'qform'} is sheared (voxel axes "
+                            f"{np.degrees(np.arccos(np.clip(1 - off, -1, 1))):.2f} deg off square). "
+                            "boneseg takes orthogonal grids: resample the CT onto one (e.g. with 3D "
+                            "Slicer or SimpleITK) first.")
+
+
+def _check_raw_pixdim(hdr, path: Path) -> None:
+    # the header as stored (nibabel replaces a zero pixdim by 1 where it builds the qform)
+    pixdim = np.asarray(hdr["pixdim"][1:4], dtype=float)
     if np.any(~np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise DataError(f"{path}: voxel spacing (pixdim) {pixdim.tolist()} has zero or negative "
                         "entries. Fix pixdim / the affine in the header.")
@@ -182,8 +260,8 @@ def check_pair(image: Volume, label: Volume, image_path, label_path) -> None:
                         "Both must share one voxel grid: copy the image's geometry or resample.")
 
 
-def load_ct(path) -> Volume:
-    vol = load_volume(path, "CT image")
+def load_ct(path, max_voxels: int = MAX_VOXELS) -> Volume:
+    vol = load_volume(path, "CT image", max_voxels)
     check_ct(vol, path)
     return vol
 
@@ -203,3 +281,12 @@ def to_canonical(vol: Volume) -> Volume:
     data = nib.orientations.apply_orientation(vol.data, ornt)
     inv = nib.orientations.inv_ornt_aff(ornt, vol.data.shape)
     return Volume(np.ascontiguousarray(data), vol.affine @ inv)
+
+
+def to_hu16(data: np.ndarray) -> np.ndarray:
+    """HU as int16 (rounded), converting in place where the data is float: the import's
+    memory stays near one float32 volume."""
+    if np.issubdtype(data.dtype, np.integer):
+        return data.astype(np.int16, copy=False)
+    np.rint(data, out=data)
+    return data.astype(np.int16)

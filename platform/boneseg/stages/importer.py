@@ -1,11 +1,13 @@
-"""`boneseg import`: real CT (NIfTI, TotalSegmentator or DICOM series) under pseudonymous ids."""
+"""`boneseg import`: real CT (NIfTI, TotalSegmentator or DICOM series) under pseudonymous ids,
+into a folder of your choice. A project's data/raw is the `raw` stage's output: list the
+source in data.sources instead (docs/own-ct.md)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from boneseg.core.config import Config
-from boneseg.core.importing import DEFAULT_ID_MAP, import_cohort
+from boneseg.errors import DataError
 
 
 def add_parser(sub) -> None:
@@ -13,19 +15,42 @@ def add_parser(sub) -> None:
         "import", help="import real CT (nifti, TotalSegmentator or DICOM series) under pseudonymous ids"
     )
     p.add_argument("--source", required=True, help="folder to import from")
-    p.add_argument("--out", help="output folder (default: data.raw_dir)")
-    p.add_argument("--layout", choices=("nifti", "totalsegmentator", "dicom"), default="nifti")
-    p.add_argument("--cohort", choices=("abdomen", "thigh"), default="abdomen")
+    p.add_argument("--out", help="output folder (default: data.raw_dir, which a DVC project's raw stage "
+                                 "owns: there, list the source in data.sources instead)")
+    p.add_argument("--layout", choices=("nifti", "totalsegmentator", "dicom"), default="nifti",
+                   help="nifti: images/ (+ labels/); totalsegmentator: sXXXX/ct.nii.gz; dicom: series in any "
+                        "nesting (default: %(default)s)")
+    p.add_argument("--cohort", choices=("abdomen", "thigh"), default="abdomen",
+                   help="abdominal CTs (trained and scored) or thigh CTs (femur masks) "
+                        "(default: %(default)s)")
     p.add_argument("--skip-invalid", action="store_true", help="import the valid cases, list the others")
-    p.add_argument("--id-map", default=DEFAULT_ID_MAP, help="local, git-ignored pseudonym map")
+    p.add_argument("--force", action="store_true",
+                   help="replace a case whose source changed (its labels, cohort or layout)")
+    p.add_argument("--id-map", help="the pseudonym map (default: <project>/.boneseg/import_idmap.json)")
     p.set_defaults(func=main)
 
 
+def refuse_stage_output(out: Path, flag: str = "--out") -> None:
+    from boneseg.core.project import owning_stage
+
+    owned = owning_stage(out)
+    if owned:
+        stage, rel = owned
+        raise DataError(f"{flag} {out}: {rel} is the output of the DVC stage `{stage}`, which `dvc repro` "
+                        "deletes and rebuilds. List the source in params.yaml instead, e.g. data.sources: "
+                        "[{path: data/sources/lab1, layout: dicom, cohort: abdomen}], then `dvc repro` "
+                        "(docs/own-ct.md); or import into a folder of your own with --out.")
+
+
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.importing import import_cohort
+
     out = Path(args.out or cfg.data.raw_dir)
-    dirs, skipped = import_cohort(Path(args.source), out, args.layout, args.cohort, args.skip_invalid,
-                                  Path(args.id_map))
-    for line in skipped:
+    refuse_stage_output(out)
+    res = import_cohort(Path(args.source), out, args.layout, args.cohort, args.skip_invalid,
+                        Path(args.id_map) if args.id_map else None, args.force, cfg.data.max_voxels)
+    for line in res.skipped:
         print(f"import: skipped {line}")
-    print(f"import: wrote {len(dirs)} cases under {out / args.cohort}, skipped {len(skipped)}")
+    print(f"import: wrote {len(res.written)} cases under {out / args.cohort}, {len(res.unchanged)} already "
+          f"there unchanged, skipped {len(res.skipped)}")
     return 0

@@ -10,7 +10,8 @@ from boneseg.core.synth import synthesize
 
 def add_parser(sub) -> None:
     p = sub.add_parser("synth", help="write the synthetic CT cohort (abdominal + thigh CTs with truth)")
-    p.add_argument("--out", help="output folder (default: data.raw_dir)")
+    p.add_argument("--out", help="output folder (default: data.raw_dir; in a DVC project the raw stage "
+                                 "writes it: `dvc repro raw`)")
     p.add_argument("--seed", type=int)
     p.add_argument("--abdomen", type=int, help="number of abdominal CTs")
     p.add_argument("--thigh", type=int, help="number of thigh CTs")
@@ -25,6 +26,9 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     scfg = cfg.data.synth.model_copy(update=over)
     scfg = SynthConfig.model_validate(scfg.model_dump())  # re-validate CLI values
     out = Path(args.out or cfg.data.raw_dir)
+    from boneseg.stages.importer import refuse_stage_output
+
+    refuse_stage_output(out)
     dirs = synthesize(scfg, out)
     print(f"synth: wrote {len(dirs)} cases under {out} (seed {scfg.seed}, matrix {scfg.matrix})")
     return 0

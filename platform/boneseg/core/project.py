@@ -1,0 +1,109 @@
+"""The project's private state: one folder per project, found from the data's location
+(never from the working directory), holding what must not reach git, DVC or logs.
+
+    <project>/.boneseg/            mode 0700
+        import_idmap.json          the pseudonym map (source content key -> case id), 0600
+        locks/<name>.lock          flock files: one import / correction / sweep at a time
+
+<project> is the nearest folder at or above the data that holds dvc.yaml, .dvc or .git;
+data outside any project keeps its state beside itself (its parent folder).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+from boneseg.errors import DataError
+
+STATE_DIR = ".boneseg"
+ID_MAP = "import_idmap.json"
+MARKERS = ("dvc.yaml", ".dvc", ".git")
+
+
+def project_root(path: str | os.PathLike) -> Path:
+    """The project that `path` (a file or folder, existing or not) belongs to."""
+    p = Path(path).resolve()
+    for d in (p, *p.parents):
+        if any((d / m).exists() for m in MARKERS):
+            return d
+    return p.parent
+
+
+def state_dir(path: str | os.PathLike) -> Path:
+    """<project>/.boneseg, created 0700 (and made 0700 if it was looser)."""
+    d = project_root(path) / STATE_DIR
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if d.stat().st_mode & 0o077:
+        os.chmod(d, 0o700)
+    return d
+
+
+def id_map_path(data_dir: str | os.PathLike) -> Path:
+    return state_dir(data_dir) / ID_MAP
+
+
+@contextlib.contextmanager
+def exclusive(anchor: str | os.PathLike, name: str, what: str) -> Iterator[None]:
+    """Hold <project>/.boneseg/locks/<name>.lock (flock) for the block; a second holder is
+    refused at once with a DataError that names the first (pid, host, command, since)."""
+    locks = state_dir(anchor) / "locks"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    path = locks / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{what} is already running: {_holder(path)}. Wait for it to finish (or stop "
+                            "it), then run this again.") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": what,
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text())
+        return f"pid {h['pid']} on {h['host']} ({h['command']}, since {h['since']})"
+    except (OSError, ValueError, KeyError):
+        return f"another process holds {path}"
+
+
+def lock_name(kind: str, path: str | os.PathLike) -> str:
+    """A lock per kind and folder: 'import-raw-1a2b3c4d'."""
+    p = Path(path).resolve()
+    return f"{kind}-{p.name}-{hashlib.sha256(str(p).encode()).hexdigest()[:8]}"
+
+
+def owning_stage(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(stage, output) when `path` is, or lies inside, an output of a stage in its project's
+    dvc.yaml: `dvc repro` deletes and rebuilds such a folder, so nothing may be put there by hand."""
+    import yaml
+
+    root = project_root(path)
+    dvc_yaml = root / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        return None
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    p = Path(path).resolve()
+    for name, stage in stages.items():
+        for out in (stage or {}).get("outs", []) or []:
+            rel = next(iter(out)) if isinstance(out, dict) else str(out)
+            o = (root / rel).resolve()
+            if p == o or o in p.parents:
+                return str(name), rel
+    return None

@@ -1,0 +1,26 @@
+"""`boneseg raw`: the first pipeline stage, data/raw from data.sources (a lab's own CT) or,
+with none configured, the synthetic cohort (`core.raw`)."""
+from __future__ import annotations
+
+import argparse
+
+from boneseg.core.config import Config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("raw", help="the first stage: data/raw from data.sources (your CT), or the synthetic "
+                                   "cohort when none is set")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even if data/raw holds cases that no configured source gives (they go)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.raw import build_raw
+
+    res = build_raw(cfg, force=args.force)
+    for line in res["skipped"]:
+        print(f"raw: skipped {line}")
+    print(f"raw: {res['cases']} cases in {cfg.data.raw_dir} from {res['source']}, "
+          f"skipped {len(res['skipped'])}")
+    return 0
