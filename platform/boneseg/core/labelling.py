@@ -25,7 +25,7 @@ from scipy import ndimage
 from boneseg.core.config import Config, LabelsConfig
 from boneseg.core.effort import effort, proposal_qa
 from boneseg.core.io import write_json
-from boneseg.core.layout import QA_FILE, correction_path, find_cases, label_path
+from boneseg.core.layout import PROPOSE_SUMMARY, QA_FILE, correction_path, find_cases, label_path
 from boneseg.core.metrics import dice, nanmean
 from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume
 from boneseg.errors import DataError
@@ -71,6 +71,16 @@ def vnet_proposal(ct: Volume, ct_path, proposals_dir: Path | None, case_id: str)
                         "`dvc repro propose`) again, or point data.proposals_dir elsewhere.") from None
 
 
+def no_vnet(proposals_dir: Path | None) -> bool:
+    """The propose stage ran and made no V-Net (no thigh CT): proposals fall back to
+    threshold + fill instead of failing."""
+    path = Path(proposals_dir) / PROPOSE_SUMMARY if proposals_dir else None
+    try:
+        return bool(path and path.is_file() and json.loads(path.read_text()).get("skipped"))
+    except ValueError:
+        return False
+
+
 def derive_case(case: dict, corrections_dir: Path, cfg: LabelsConfig,
                 proposals_dir: Path | None = None) -> tuple[Volume, dict]:
     ct = load_ct(case["ct"])
@@ -81,10 +91,10 @@ def derive_case(case: dict, corrections_dir: Path, cfg: LabelsConfig,
         vnet = vnet_proposal(ct, case["ct"], proposals_dir, case["case"])
         if vnet is not None:
             prop["vnet"] = vnet
-        elif cfg.proposal == "vnet":
+        elif cfg.proposal == "vnet" and not no_vnet(proposals_dir):
             raise DataError(f"{case['case']}: labels.proposal is vnet but {proposals_dir} has no proposal "
                             "for it. Run `boneseg propose` (or `dvc repro propose`) first.")
-    chosen = cfg.proposal if case["cohort"] != "thigh" else "filled"
+    chosen = cfg.proposal if case["cohort"] != "thigh" and cfg.proposal in prop else "filled"
     proposal = prop[chosen].astype(np.uint8)
     correction = correction_path(corrections_dir, case["case"])
     record_path = correction.with_name(f"{case['case']}.json")

@@ -23,6 +23,7 @@ TARGET_FILES = {
     "soft": "soft.npy",
 }  # training targets per case under data/slices/<case>/
 QA_FILE = "qa.json"
+PROPOSE_SUMMARY = "propose.json"  # data/proposals/propose.json: the V-Net's summary (or why there is none)
 PREDICTIONS = "predictions"  # a trial's label maps of the cases it did not train on (val + test)
 
 

@@ -141,5 +141,10 @@ def build_model(
                 f"model.encoder_weights=thigh: {thigh_weights} not found. Run `boneseg pretrain` "
                 "(or `dvc repro pretrain`) first."
             )
+        if not _read_state_dict(Path(thigh_weights)):
+            raise ConfigError(
+                f"model.encoder_weights=thigh: {thigh_weights} holds no encoder, as the cohort has no thigh "
+                "CT to pretrain on. Run the random variants (sweep.variants: [multi-random, single-random]), "
+                "or give the pretrained ones other weights (model.encoder_weights: imagenet or a file).")
         return model, {**load_encoder_file(model.encoder, thigh_weights), "source": "thigh"}
     return model, load_encoder_file(model.encoder, encoder_weights)

@@ -14,15 +14,28 @@ from boneseg.core.layout import load_index
 from boneseg.core.models import build_model
 from boneseg.core.runtime import grad_scaler, place_model, prepare_runtime, seed_everything, use_channels_last
 from boneseg.core.training import make_optim, train_epoch
-from boneseg.errors import DataError
+
+NO_THIGH = "no thigh CT to pretrain on"
+
+
+def no_thigh(out: Path) -> dict:
+    """A cohort without thigh CTs: an encoder file holding no tensors (DVC's output must
+    exist) and pretrain.json saying why; the pretrained variants then refuse to start
+    (`models.build_model`) with the fix, and the random ones train as usual."""
+    from safetensors.torch import save_file
+
+    with atomic_path(out) as tmp:
+        save_file({}, str(tmp), metadata={"source": f"boneseg pretrain: {NO_THIGH}"})
+    report = {"cases": 0, "skipped": NO_THIGH, "weights": str(out)}
+    write_json(out.with_name("pretrain.json"), report)
+    return report
 
 
 def pretrain(cfg: Config, out: str | Path | None = None) -> dict:
     index = load_index(cfg.data.slices_dir)
     thighs = sorted(c for c, info in index["cases"].items() if info["cohort"] == "thigh")
     if not thighs:
-        raise DataError(f"{cfg.data.slices_dir}: no thigh cases to pretrain on. Set data.synth.thigh > 0 "
-                        "or import a thigh cohort (boneseg import --cohort thigh).")
+        return no_thigh(Path(out or cfg.model.thigh_weights))
     pc = cfg.pretrain
     tc = cfg.train.model_copy(update={"epochs": pc.epochs, "batch_size": pc.batch_size, "lr": pc.lr})
     device, autocast = prepare_runtime(tc)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from boneseg.core.config import Config
 from boneseg.core.io import atomic_dir
 from boneseg.core.labelling import bone_proposals
-from boneseg.core.layout import find_cases
+from boneseg.core.layout import PROPOSE_SUMMARY, find_cases
 from boneseg.core.losses import segmentation_loss
 from boneseg.core.metrics import dice
 from boneseg.core.nifti import Volume, load_ct, to_nifti_bytes
@@ -35,7 +35,8 @@ from boneseg.core.runtime import grad_scaler, place_model, prepare_runtime, scal
 from boneseg.core.training import make_optim
 from boneseg.errors import DataError
 
-SUMMARY = "propose.json"
+SUMMARY = PROPOSE_SUMMARY
+NO_THIGH = "no thigh CT to learn from"
 
 
 def build_vnet(dropout: float = 0.0):
@@ -133,6 +134,11 @@ def propose(cfg: Config, progress: bool = True) -> dict:
     cases = find_cases(cfg.data.raw_dir)
     thighs = [c for c in cases if c["cohort"] == "thigh"]
     abdomen = [c for c in cases if c["cohort"] == "abdomen"]
+    if not thighs:  # a lab's abdominal cohort alone: labels start from threshold + fill
+        summary = {"skipped": NO_THIGH, "train_cases": 0, "abdominal_cases": len(abdomen)}
+        with atomic_dir(cfg.data.proposals_dir) as tmp:
+            (Path(tmp) / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+        return summary
     if len(thighs) <= pc.val_cases:
         raise DataError(f"{cfg.data.raw_dir}: {len(thighs)} thigh CTs, but propose.val_cases is "
                         f"{pc.val_cases}: none left to train the V-Net. Add thigh CTs (data.synth.thigh) "

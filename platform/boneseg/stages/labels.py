@@ -18,4 +18,9 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     print(table(report["cases"]))
     print(source_table(report["total"]))
     print("total:", json.dumps(report["total"]))
+    todo = [r["case"] for r in report["cases"] if r["label_source"] == "proposal-unreviewed"]
+    if todo:
+        print(f"to label ({len(todo)}: no truth, no correction; left out of training and scoring unless "
+              f"splits.include_unreviewed): {' '.join(todo)}")
+        print(f"next: boneseg correct export {todo[0]}")
     return 0

@@ -40,6 +40,10 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     if problem:
         raise ConfigError(f"MLflow: {problem}")
     s = propose(cfg)
+    if s.get("skipped"):
+        print(f"propose: {s['skipped']} in {cfg.data.raw_dir}, so no V-Net and no proposals; the labels "
+              "start from threshold + fill. Add a thigh cohort to data.sources for the V-Net.")
+        return 0
     print(f"propose: V-Net on {s['train_cases']} thigh CTs, {s['steps']} steps in {s['train_s']:.0f} s; "
           f"validation Dice {s['val_dice_mean']:.4f} on {s['val_cases']} held-out thigh CTs; "
           f"{len(s['infer_s'])} abdominal proposals in {cfg.data.proposals_dir} "

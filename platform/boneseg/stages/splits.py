@@ -17,4 +17,6 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     for i, f in enumerate(s["folds"]):
         print(f"fold {i}: {len(f['train'])} train, {len(f['val'])} val: {' '.join(f['val'])}")
     print(f"test: {' '.join(s['test'])}")
+    if s.get("to_label"):
+        print(f"left out, still to label (no truth, no correction): {' '.join(s['to_label'])}")
     return 0
