@@ -48,7 +48,8 @@ def test_dicom_input_gives_the_labels_of_the_imported_nifti(case):
     root, nifti = case
     assert segment(root, nifti, root / "from_nifti.nii.gz") == 0
     assert segment(root, root / "series", root / "out_dicom") == 0
-    a, b = nib.load(str(root / "from_nifti.nii.gz")), nib.load(str(root / "out_dicom/series.nii.gz"))
+    (out,) = (root / "out_dicom").glob("seg-*.nii.gz")  # named by a fresh UID, never the source folder
+    a, b = nib.load(str(root / "from_nifti.nii.gz")), nib.load(str(out))
     np.testing.assert_allclose(b.affine, a.affine, atol=1e-5)
     labels = np.asarray(a.dataobj)
     np.testing.assert_array_equal(np.asarray(b.dataobj), labels)
@@ -60,7 +61,9 @@ def test_dicom_seg_reads_back_as_the_same_labels_at_the_source_positions(case):
     assert segment(root, root / "series", root / "seg", "--output-format", "dicom-seg") == 0
     assert segment(root, root / "series", root / "ref.nii.gz") == 0
     want_ras = nib.load(str(root / "ref.nii.gz"))
-    seg = hd.seg.segread(root / "seg/series.dcm")
+    (path,) = (root / "seg").glob("*.dcm")
+    seg = hd.seg.segread(path)
+    assert path.name == f"seg-{seg.SeriesInstanceUID}.dcm"  # the SEG's own UID, not the folder's name
     sources = [pydicom.dcmread(f) for f in sorted((root / "series").iterdir())]  # any order: checked in mm
     uids = [d.SOPInstanceUID for d in sources]
     got = seg.get_pixels_by_source_instance(uids, combine_segments=True)  # (slice, row, column)
@@ -95,7 +98,7 @@ def test_dicom_seg_reads_back_as_the_same_labels_at_the_source_positions(case):
     assert max(abs(a - b) for a, b in zip(rgb, LABEL_COLOURS[1])) <= 2
     algo = descs[1].SegmentationAlgorithmIdentificationSequence[0]
     assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("boneseg", boneseg.__version__)
-    assert str(root / "model") in algo.AlgorithmParameters
+    assert str(root) not in algo.AlgorithmParameters and "checkpoints sha256:" in algo.AlgorithmParameters
     # a DICOM-SEG belongs to its study: it keeps the source's patient and study identifiers
     assert seg.PatientID == PLANTED["PatientID"] and seg.StudyInstanceUID == sources[0].StudyInstanceUID
     assert seg.SeriesInstanceUID != sources[0].SeriesInstanceUID and seg.Modality == "SEG"
@@ -109,9 +112,9 @@ def test_refusals_before_any_model_is_loaded(case, tmp_path, capsys):
                  "--output-format", "dicom-seg"]) == 2
     assert "a DICOM-SEG needs a DICOM series as input" in capsys.readouterr().err
     with pytest.raises(DataError, match="inside the input series folder"):
-        plan_output(root / "series", root / "series/seg", "dicom-seg")
+        plan_output(root / "series", root / "series/seg", "dicom-seg", "1.2.3")
     with pytest.raises(DataError, match="a .dcm file"):
-        plan_output(root / "series", tmp_path / "x.nii.gz", "dicom-seg")
+        plan_output(root / "series", tmp_path / "x.nii.gz", "dicom-seg", "1.2.3")
     # two series in one folder: which one to segment is the user's choice
     two = tmp_path / "two"
     write_dicom_series(Volume(phantom().astype(np.int16), np.diag([0.8, 0.8, 3, 1.0])), two, series_number=5)
@@ -129,3 +132,39 @@ def test_nifti_output_of_a_dicom_series_is_on_the_canonical_grid(case, tmp_path)
     assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
     want = to_canonical(Volume(phantom(), oblique_lps(phantom().shape)))
     np.testing.assert_allclose(img.affine, want.affine, atol=1e-3)
+
+
+@pytest.mark.parametrize("missing", ["PatientSex", "StudyTime", "ReferringPhysicianName", "PatientBirthDate",
+                                     "AccessionNumber", "StudyID", "StudyDate", "PatientName", "PatientID"])
+def test_a_series_without_a_type2_attribute_gets_a_seg_with_it_empty(case, tmp_path, missing):
+    root, _ = case
+    vol = Volume(phantom().astype(np.int16), oblique_lps(phantom().shape))
+    for f in write_dicom_series(vol, tmp_path / "anon", series_number=3):
+        ds = pydicom.dcmread(f)
+        delattr(ds, missing)
+        ds.save_as(f)
+    assert segment(root, tmp_path / "anon", tmp_path / "seg", "--output-format", "dicom-seg") == 0
+    (path,) = (tmp_path / "seg").glob("*.dcm")
+    seg = pydicom.dcmread(path)
+    assert missing in seg and str(seg[missing].value or "") == ""
+    assert all(missing not in pydicom.dcmread(f) for f in (tmp_path / "anon").iterdir())  # sources untouched
+
+
+def test_existing_outputs_and_the_labs_data_are_never_overwritten(case, tmp_path, capsys):
+    root, nifti = case
+    out = tmp_path / "seg.nii.gz"
+    out.write_bytes(b"earlier result")
+    assert segment(root, nifti, out) == 2
+    assert "exists. Nothing was written. Pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == b"earlier result"
+    assert segment(root, nifti, out, "--force") == 0 and out.read_bytes() != b"earlier result"
+    proj = tmp_path / "proj"
+    (proj / "data/raw").mkdir(parents=True)
+    (proj / "dvc.yaml").write_text("stages: {}\n")
+    assert segment(root, nifti, proj / "data/raw/x.nii.gz") == 2
+    assert "the project's data folder" in capsys.readouterr().err
+    (proj / "tracked").mkdir()
+    (proj / "tracked.dvc").write_text("outs:\n- path: tracked\n")
+    assert segment(root, nifti, proj / "tracked/x.nii.gz") == 2
+    assert "tracked by DVC (tracked.dvc)" in capsys.readouterr().err
+    assert not list(proj.rglob("*.nii.gz"))

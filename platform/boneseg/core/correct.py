@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boneseg.core import project
 from boneseg.core.config import Config
 from boneseg.core.effort import effort
 from boneseg.core.io import atomic_dir, atomic_path
@@ -110,11 +111,22 @@ def export_case(cfg: Config, case_id: str, out_dir: str | Path | None = None,
     return folder, command
 
 
-def import_correction(cfg: Config, case_id: str, edited: str | Path) -> dict:
+def import_correction(cfg: Config, case_id: str, edited: str | Path, force: bool = False) -> dict:
     """Check `edited` against the case's CT and store it as the case's correction; returns
-    the record written beside it (with the effort against the proposal it started from)."""
+    the record written beside it (with the effort against the proposal it started from).
+    An existing correction is replaced only with `force`; one import at a time (flock)."""
+    corrections = Path(cfg.data.corrections_dir)
+    with project.exclusive(corrections, project.lock_name("correct", corrections),
+                           f"a correction import into {corrections}"):
+        return _import_correction(cfg, case_id, Path(edited), force)
+
+
+def _import_correction(cfg: Config, case_id: str, edited: Path, force: bool) -> dict:
     case = find_case(cfg, case_id)
-    edited = Path(edited)
+    dst = correction_path(cfg.data.corrections_dir, case_id)
+    if dst.exists() and not force:
+        raise DataError(f"{dst}: {case_id} has a correction already (someone's hand work). Nothing was "
+                        f"written. Pass --force to replace it with {edited}.")
     ws = edited.parent / WORKSPACE
     meta = json.loads(ws.read_text()) if ws.is_file() else {}
     if meta.get("case") not in (None, case_id):
@@ -140,7 +152,6 @@ def import_correction(cfg: Config, case_id: str, edited: str | Path) -> dict:
     proposal = meta.get("proposal", cfg.labels.proposal)
     record = {"case": case_id, "started_from": proposal, "exported_at": meta.get("exported_at"),
               "imported_at": now(), "effort": effort(start_map(cfg, case, ct, proposal), final.data)}
-    dst = correction_path(cfg.data.corrections_dir, case_id)
     with atomic_path(dst.with_name(f"{case_id}.json")) as tmp_json:  # the record appears after the map
         tmp_json.write_text(json.dumps(record, indent=1) + "\n")
         save_volume(Volume(final.data, ct.affine), dst)

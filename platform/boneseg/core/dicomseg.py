@@ -37,26 +37,44 @@ SEGMENT_CODES = {
 SEG_SERIES_OFFSET = 1000  # the SEG's SeriesNumber: the source's + 1000
 
 
-def plan_output(inp: Path, out: Path, fmt: str) -> Path:
+def plan_output(inp: Path, out: Path, fmt: str, seg_uid: str) -> Path:
     """The output file for one series folder: `out` itself if it names a file of the format,
-    else `out/<folder name>.nii.gz` (or .dcm)."""
+    else `out/seg-<seg_uid>.nii.gz` (or .dcm): named after the SEG's own UID, never after the
+    source folder (PACS exports name folders after patients)."""
     if fmt not in FORMATS:
         raise DataError(f"--output-format {fmt!r}: expected one of {', '.join(FORMATS)}.")
     suffix = ".nii.gz" if fmt == "nifti" else ".dcm"
     named = is_nifti_name(out) if fmt == "nifti" else out.suffix.lower() == ".dcm"
     if fmt == "dicom-seg" and is_nifti_name(out):
         raise DataError(f"--output {out}: a DICOM-SEG is a .dcm file (or give a folder).")
-    dst = out if named else out / f"{inp.name}{suffix}"
+    dst = out if named else out / f"seg-{seg_uid}{suffix}"
     if inp.resolve() in dst.resolve().parents:
         raise DataError(f"--output {dst}: inside the input series folder, where it would join the series. "
                         "Write it elsewhere.")
     return dst
 
 
-def seg_dataset(ct: DicomCT, labels_ijk: np.ndarray, ids: list[int], model_ref: str):
+# Type-2 attributes of the patient and study modules that a SEG copies from its source:
+# anonymised exports often leave them out; the standard allows them present but empty.
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
+                "StudyTime", "ReferringPhysicianName", "AccessionNumber")
+
+
+def fill_type2(datasets: list) -> None:
+    """Absent type-2 attributes become present and empty, as PS3.5 7.4 allows (in memory:
+    the source files are never touched)."""
+    for ds in datasets:
+        for key in TYPE2_COPIED:
+            if key not in ds:
+                setattr(ds, key, "")
+
+
+def seg_dataset(ct: DicomCT, labels_ijk: np.ndarray, ids: list[int], model_ref: str, seg_uid: str):
     """The highdicom Segmentation of a label map on the series' (column, row, slice) grid."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
+
+    fill_type2(ct.datasets)
 
     algo = hd.AlgorithmIdentificationSequence(
         name="boneseg", family=codes.cid7162.ArtificialIntelligence, version=boneseg.__version__,
@@ -78,7 +96,7 @@ def seg_dataset(ct: DicomCT, labels_ijk: np.ndarray, ids: list[int], model_ref: 
     source_number = int(ct.datasets[0].get("SeriesNumber", 0) or 0)
     return hd.seg.Segmentation(
         source_images=ct.datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(),
+        segment_descriptions=descriptions, series_instance_uid=seg_uid,
         series_number=source_number + SEG_SERIES_OFFSET, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="boneseg", manufacturer_model_name="boneseg 2.5-D U-Net fold ensemble",
         software_versions=boneseg.__version__, device_serial_number="none",
@@ -86,18 +104,22 @@ def seg_dataset(ct: DicomCT, labels_ijk: np.ndarray, ids: list[int], model_ref: 
         omit_empty_frames=bool(frames.any()))
 
 
-def write_seg(ct: DicomCT, labels_ijk: np.ndarray, ids: list[int], model_ref: str, dst: Path) -> Path:
+def write_seg(ct: DicomCT, labels_ijk: np.ndarray, ids: list[int], model_ref: str, dst: Path,
+              seg_uid: str) -> Path:
     buf = io.BytesIO()
-    seg_dataset(ct, labels_ijk, ids, model_ref).save_as(buf, enforce_file_format=True)
+    seg_dataset(ct, labels_ijk, ids, model_ref, seg_uid).save_as(buf, enforce_file_format=True)
     atomic_write_bytes(dst, buf.getvalue())
     return dst
 
 
 def segment_series(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], folds: list[int] | None = None,
                    device: str = "auto", classes: str = "all", fmt: str = "nifti", model_ref: str = "",
-                   progress: bool = True) -> list[dict]:
+                   seg_uid: str | None = None, progress: bool = True) -> list[dict]:
     """Segment the one CT series in folder `inp` with the fold models (ensembled)."""
-    dst = plan_output(Path(inp), Path(out), fmt)
+    from pydicom.uid import generate_uid
+
+    seg_uid = seg_uid or generate_uid()
+    dst = plan_output(Path(inp), Path(out), fmt, seg_uid)
     t0 = time.perf_counter()
     ct, _ = read_ct_folder(inp)
     tc, dev, autocast, models = inference_setup(cfg, checkpoints, folds, device)
@@ -107,6 +129,6 @@ def segment_series(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], f
         save_volume(to_canonical(Volume(labels, ct.volume.affine)), dst)
         atomic_write_text(dst.parent / LABEL_FILE, label_description(ids))
     else:
-        write_seg(ct, labels, ids, model_ref, dst)
+        write_seg(ct, labels, ids, model_ref, dst, seg_uid)
     return [{"output": str(dst), "shape": list(ct.volume.shape), "seconds": time.perf_counter() - t0,
              "bone_ml": bone_ml(labels, ct.volume.spacing)}]

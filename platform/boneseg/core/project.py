@@ -107,3 +107,33 @@ def owning_stage(path: str | os.PathLike) -> tuple[str, str] | None:
             if p == o or o in p.parents:
                 return str(name), rel
     return None
+
+
+def _dvc_files(root: Path):
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if not x.startswith(".") and x not in ("node_modules", "__pycache__")
+                   and not (Path(d) / x / "pyvenv.cfg").is_file()]
+        yield from (Path(d) / f for f in files if f.endswith(".dvc"))
+
+
+def protected(path: str | os.PathLike) -> str | None:
+    """Why `path` must not be written by a tool (None if it may): it lies in the project's
+    data/ folder, in a stage's output, or in a folder tracked with `dvc add`."""
+    import yaml
+
+    root, p = project_root(path), Path(path).resolve()
+    if (root / "data") == p or (root / "data") in p.parents:
+        return f"it lies in the project's data folder {root / 'data'}, which holds the lab's data"
+    owned = owning_stage(p)
+    if owned:
+        return f"it lies in {owned[1]}, the output of the DVC stage `{owned[0]}`"
+    for f in _dvc_files(root):
+        try:
+            outs = (yaml.safe_load(f.read_text()) or {}).get("outs", []) or []
+        except (OSError, yaml.YAMLError):
+            continue
+        for o in outs:
+            target = (f.parent / str(o.get("path", ""))).resolve() if isinstance(o, dict) else None
+            if target and (p == target or target in p.parents):
+                return f"it lies in {target}, tracked by DVC ({f.name})"
+    return None

@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     i = actions.add_parser("import", help="check an edited label map and store it as the case's correction")
     i.add_argument("case", help="a case id, e.g. abd000")
     i.add_argument("file", help="the edited label map (.nii.gz)")
+    i.add_argument("--force", action="store_true", help="replace the case's existing correction")
     p.set_defaults(func=main)
 
 
@@ -35,7 +36,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
         print(f"  {command}")
         print(f"then: boneseg correct import {args.case} <the saved segmentation>")
         return 0
-    record = import_correction(cfg, args.case, args.file)
+    record = import_correction(cfg, args.case, args.file, args.force)
     e = record["effort"]
     print(f"correct: {args.case} stored in {cfg.data.corrections_dir} "
           f"(started from {record['started_from']}); effort: {e['voxels']} voxels, "

@@ -24,6 +24,38 @@ def dicom_input(inp: Path) -> bool:
     return inp.is_dir() and not any(is_nifti_name(p) for p in inp.iterdir()) and is_dicom_folder(inp)
 
 
+def check_outputs(outputs: list[Path], force: bool) -> None:
+    """Refuse to write into the lab's data or DVC-tracked folders, and over existing files
+    unless --force."""
+    from boneseg.core.project import protected
+
+    for dst in outputs:
+        why = protected(dst)
+        if why:
+            raise DataError(f"--output {dst}: {why}. Write segmentations elsewhere (e.g. --output seg/).")
+    existing = [d for d in outputs if d.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise DataError(f"--output {existing[0]}: exists{more}. "
+                        "Nothing was written. Pass --force to replace, or choose another --output.")
+
+
+def model_label(ref: str, checkpoints: list[Path]) -> str:
+    """How a DICOM-SEG names its model: the registry name and version or alias, or an MLflow
+    run, or (for files) their content hash; never a local path."""
+    import hashlib
+    import re
+
+    if ref.startswith("models:/"):
+        return ref.removeprefix("models:/")
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        return f"mlflow run {ref}"
+    h = hashlib.sha256()
+    for f in sorted(checkpoints):
+        h.update(f.read_bytes())
+    return f"checkpoints sha256:{h.hexdigest()[:16]}"
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("segment", help="label maps for new CTs with trained fold models (ensembled)")
     p.add_argument("--input", required=True,
@@ -36,6 +68,7 @@ def add_parser(sub) -> None:
     p.add_argument("--folds", default="all", help="fold models to ensemble: all (default) or e.g. 0,1")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--classes", default="all", choices=["all", "bone"], help="bone: keep bone (1) only")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=main)
 
 
@@ -47,18 +80,21 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     inp, out = Path(args.input), Path(args.output)
     dicom = dicom_input(inp)
     if dicom:  # bad paths fail before any model is fetched
+        from pydicom.uid import generate_uid
+
         from boneseg.core.dicomseg import plan_output, segment_series
 
-        plan_output(inp, out, args.output_format)
+        seg_uid = generate_uid()  # the SEG's SeriesInstanceUID, and the default file name
+        check_outputs([plan_output(inp, out, args.output_format, seg_uid)], args.force)
     elif args.output_format == "dicom-seg":
         raise DataError(f"--input {inp}: a DICOM-SEG needs a DICOM series as input (it references the source "
                         "instances). Pass the series folder, or use --output-format nifti.")
     else:
-        plan_outputs(inp, out)
+        check_outputs([dst for _, dst in plan_outputs(inp, out)], args.force)
     checkpoints = resolve_model(args.model, tracking_uri(cfg), cfg.tracking.registered_model or "boneseg")
     if dicom:
         res = segment_series(cfg, inp, out, checkpoints, folds, args.device, args.classes, args.output_format,
-                             args.model)
+                             model_label(args.model, checkpoints), seg_uid)
     else:
         res = segment_files(cfg, inp, out, checkpoints, folds, args.device, args.classes)
     for r in res:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from boneseg.core.config import Config
 
@@ -18,10 +19,14 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.project import exclusive
     from boneseg.sweep.driver import run_sweep
 
     t0 = time.perf_counter()
-    table = run_sweep(cfg, args.address, "resume" if args.resume else "restart" if args.restart else "auto")
+    name = f"sweep-{cfg.tracking.experiment}-{cfg.experiment or 'params'}"
+    mode = "resume" if args.resume else "restart" if args.restart else "auto"
+    with exclusive(Path(cfg.sweep.metrics_file), name, f"a sweep of {cfg.experiment or 'params.yaml'}"):
+        table = run_sweep(cfg, args.address, mode)
     print(f"\nsweep finished in {(time.perf_counter() - t0) / 60:.1f} min; final bone Dice per variant "
           "(mean over folds, the study's score):")
     for variant, s in table.items():
