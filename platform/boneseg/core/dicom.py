@@ -72,6 +72,9 @@ class DicomCT:
 def _pydicom():
     import pydicom
 
+    # every value read is checked here, with a message that names the file and tag; pydicom's
+    # own warnings about the same values would only add noise to that one line
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     return pydicom
 
 

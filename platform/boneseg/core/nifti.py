@@ -159,7 +159,7 @@ def check_header(img, path: Path, max_voxels: int = MAX_VOXELS) -> None:
                         f"({size / 2**30:.1f} GiB), over the limit of {max_voxels:,} voxels "
                         "(data.max_voxels). Crop or downsample the CT, or raise data.max_voxels if the "
                         "machine has the memory.")
-    offset = float(hdr["vox_offset"])
+    offset = float(raw["vox_offset"])
     if not np.isfinite(offset) or offset < 0 or offset > MAX_VOX_OFFSET:
         raise DataError(f"{path}: the header's vox_offset {offset:g} is not where NIfTI data starts "
                         f"(0 to {MAX_VOX_OFFSET} bytes). The file is corrupt: re-export it.")

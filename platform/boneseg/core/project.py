@@ -61,8 +61,8 @@ def exclusive(anchor: str | os.PathLike, name: str, what: str) -> Iterator[None]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DataError(f"{what} is already running: {_holder(path)}. Wait for it to finish (or stop "
-                            "it), then run this again.") from None
+            raise DataError(f"{what}: refused, {_holder(path)}. Wait for it to finish (or stop it), then "
+                            "run this again.") from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": what,
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
@@ -75,7 +75,7 @@ def exclusive(anchor: str | os.PathLike, name: str, what: str) -> Iterator[None]
 def _holder(path: Path) -> str:
     try:
         h = json.loads(path.read_text())
-        return f"pid {h['pid']} on {h['host']} ({h['command']}, since {h['since']})"
+        return f"{h['command']} is already running (pid {h['pid']} on {h['host']}, since {h['since']})"
     except (OSError, ValueError, KeyError):
         return f"another process holds {path}"
 
