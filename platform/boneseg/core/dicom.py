@@ -186,7 +186,11 @@ def _read_full(path: Path, name: str):
         pixels = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if syntax is not None and getattr(syntax, "is_compressed", False):
+        try:
+            compressed = syntax is not None and syntax.is_compressed
+        except Exception:  # not a transfer syntax at all: reported as unreadable below
+            compressed = False
+        if compressed:
             raise DataError(f"{name}: {path.name}'s pixel data is compressed ({syntax.name}) and no "
                             "installed decoder reads it (TransferSyntaxUID). Re-export the series "
                             "uncompressed (explicit VR little endian), or install a decoder for it "

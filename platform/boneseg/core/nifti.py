@@ -9,8 +9,11 @@ copy source header text: descrip, db_name, aux_file and intent_name are blank.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +98,13 @@ def load_volume(path: str | os.PathLike, what: str = "image", max_voxels: int = 
     if not path.is_file():
         raise DataError(f"{path}: {what} file not found. Check the path (expected a .nii or .nii.gz file).")
     try:
-        img = nib.load(str(path))  # reads the header only
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise DataError(f"{path}: not a NIfTI file ({type(img).__name__}). Convert it to NIfTI "
-                            "(e.g. dcm2niix for DICOM) first.")
-        check_header(img, path, max_voxels)
-        data = _read_data(img)
+        with _quiet():
+            img = nib.load(str(path))  # reads the header only
+            if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+                raise DataError(f"{path}: not a NIfTI file ({type(img).__name__}). Convert it to NIfTI "
+                                "(e.g. dcm2niix for DICOM) first.")
+            check_header(img, path, max_voxels)
+            data = _read_data(img)
     except DataError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -119,6 +123,21 @@ def load_volume(path: str | os.PathLike, what: str = "image", max_voxels: int = 
     vol = Volume(np.asarray(data), np.asarray(img.affine, dtype=np.float64))
     check_geometry(vol, path)
     return vol
+
+
+@contextlib.contextmanager
+def _quiet():
+    """nibabel's warnings and log lines about header fixes: every field that matters is
+    checked here, and a refusal is one line of its own."""
+    log = logging.getLogger("nibabel.global")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def _read_data(img) -> np.ndarray:
