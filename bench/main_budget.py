@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-STAGES = ("synth", "propose", "labels", "splits", "slices", "pretrain", "sweep", "report")
+STAGES = ("raw", "propose", "labels", "splits", "slices", "pretrain", "sweep", "report")
 TRIAL_PARTS = [("setup_s", "trial set-up (model, data, Ray worker)"), ("train_s", "training (all epochs)"),
                ("epoch_val_s", "per-epoch validation"), ("final_val_s", "final validation"),
                ("test_s", "test"), ("report_s", "Tune reporting + checkpoint copies")]

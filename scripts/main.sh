@@ -12,7 +12,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 if [ ! -d .git ]; then
   echo "main: dvc needs a git checkout; clone the repository instead of copying it" >&2; exit 1
 fi
-mkdir -p .boneseg  # git-ignored: this machine's state
+mkdir -p -m 700 .boneseg  # git-ignored, private: this project's state (the id map, locks, logs)
 log=.boneseg/main.log
 echo "main: set-up ${setup_s} s" > "$log"
 start=$(date +%s)

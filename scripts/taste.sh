@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A two-minute taste: the whole pipeline (synth -> propose -> labels -> splits -> slices -> pretrain ->
+# A taste of the whole pipeline (raw -> propose -> labels -> splits -> slices -> pretrain ->
 # sweep -> report) on the smoke experiment (6 tiny CTs, 64 px slices, 1 epoch, 2 folds) in a
 # folder of its own. The repository's data/, results/ and mlflow.db are not touched.
 # Its scores mean nothing: it shows the plumbing working, not a model.
@@ -23,7 +23,7 @@ set_paths=(
   --set "report.out_dir=$out/results/report"
 )
 start=$(date +%s)
-for stage in synth propose labels splits slices pretrain sweep report; do
+for stage in raw propose labels splits slices pretrain sweep report; do
   echo "taste: $stage"
   (cd "$out" && MLFLOW_TRACKING_URI= "$OLDPWD/.venv/bin/boneseg" --params "$OLDPWD/params.yaml" \
       "${set_paths[@]}" "$stage" > "$out/$stage.log" 2>&1) \

@@ -61,7 +61,7 @@ def repo(tmp_path):
 def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     repo, env = repo
     first = run("dvc repro", repo, env)
-    assert ran_stages(first) == {"synth", "propose", "labels", "splits", "slices", "pretrain", "sweep",
+    assert ran_stages(first) == {"raw", "propose", "labels", "splits", "slices", "pretrain", "sweep",
                                  "report"}
     assert sorted(p.name for p in (repo / "data/proposals").iterdir()) == sorted(
         [f"abd00{i}.nii.gz" for i in range(5)] + ["propose.json"])
@@ -86,7 +86,7 @@ def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     nib.save(nib.Nifti1Image(edited, truth.affine), repo / "annotate" / case / "start.nii.gz")
     assert "effort:" in run(f"boneseg correct import {case} annotate/{case}/start.nii.gz", repo, env)
     redo = ran_stages(run("dvc repro", repo, env))
-    assert {"labels", "slices", "sweep", "report"} <= redo and not redo & {"synth", "propose"}
+    assert {"labels", "slices", "sweep", "report"} <= redo and not redo & {"raw", "propose"}
     record = json.loads((repo / "data/corrections" / f"{case}.json").read_text())
     qa = json.loads((repo / "data/labels/qa.json").read_text())
     row = next(r for r in qa["cases"] if r["case"] == case)

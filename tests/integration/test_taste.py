@@ -28,7 +28,7 @@ def test_taste_runs_the_whole_smoke_pipeline_elsewhere(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "the scores mean nothing" in r.stdout
     out = tmp_path / "taste"
-    for stage in ("synth", "propose", "labels", "splits", "slices", "pretrain", "sweep", "report"):
+    for stage in ("raw", "propose", "labels", "splits", "slices", "pretrain", "sweep", "report"):
         assert f"taste: {stage}" in r.stdout
     assert (out / "proposals" / "propose.json").is_file()
     metrics = json.loads((out / "results" / "metrics.json").read_text())

@@ -16,6 +16,10 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
     r = pretrain(cfg)
+    if r.get("skipped"):
+        print(f"pretrain: {r['skipped']}: {r['weights']} holds no encoder; run the random variants, or give "
+              "the pretrained ones other weights (model.encoder_weights)")
+        return 0
     print(f"pretrain: {r['cases']} thigh cases, {r['slices']} slices, {r['epochs']} epochs, "
           f"loss {r['train_loss'][0]:.4f} -> {r['train_loss'][-1]:.4f}; encoder -> {r['weights']}")
     return 0
