@@ -9,12 +9,16 @@ as float32, and a DICOM series of the same size.
 The bomb: a .nii.gz of ~70 KB whose header declares 2048 x 2048 x 1024 int16 (8 GiB);
 refusal time and peak RSS above the same start-up. Goals: < 1 s and <= ~150 MB.
 
-    python bench/import_memory.py [--sizes 256x256x100,512x512x100,512x512x300]
+    python bench/import_memory.py [--sizes 256x256x100,512x512x100,512x512x300] [--baseline DIR]
+
+--baseline DIR runs every measurement a second time on the checkout in DIR (e.g. a
+`git worktree` of an earlier commit) and prints both side by side.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,9 +50,15 @@ print(json.dumps({"start_mib": start / 1024, "peak_mib": kib() / 1024, "seconds"
 """
 
 
-def measure(src: Path, out: Path, layout: str) -> dict:
+def measure(src: Path, out: Path, layout: str, code: Path | None = None) -> dict:
+    """One import in a fresh process; `code`: another checkout's platform/ folder (the baseline)."""
+    env = dict(os.environ, PYTHONPATH=str(code)) if code else None
+    cwd = out.parent / f"cwd_{out.name}"  # each its own: earlier versions kept the id map in the cwd
+    cwd.mkdir(parents=True)
     r = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), layout], capture_output=True,
-                       text=True, check=True)
+                       text=True, env=env, cwd=cwd)
+    if r.returncode:
+        raise SystemExit(f"the import process failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -101,16 +111,20 @@ def bomb(tmp: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="256x256x100,512x512x100,512x512x300")
+    ap.add_argument("--baseline", type=Path, help="another checkout to measure side by side")
     args = ap.parse_args()
+    base = args.baseline.resolve() / "platform" if args.baseline else None
     rows = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         b = bomb(tmp)
-        m = measure(b, tmp / "out_bomb", "nifti")
         kb = (b / "images/ct.nii.gz").stat().st_size / 1024
-        print(f"bomb: {kb:.0f} KB file declaring 2048x2048x1024 int16; {m['result'][:60]}...")
-        print(f"bomb: refused in {m['seconds']:.3f} s, peak RSS {m['peak_mib'] - m['start_mib']:.1f} MiB "
-              f"above start-up ({m['start_mib']:.0f} MiB)   goals: < 1 s, <= ~150 MiB")
+        for label, code in (("boneseg", None), ("baseline", base)) if base else (("boneseg", None),):
+            m = measure(b, tmp / f"out_bomb_{label}", "nifti", code)
+            print(f"bomb ({label}): {kb:.0f} KB file declaring 2048x2048x1024 int16; {m['result'][:50]}...")
+            grow = m["peak_mib"] - m["start_mib"]
+            print(f"bomb ({label}): refused in {m['seconds']:.3f} s, peak RSS {grow:.1f} "
+                  f"MiB above start-up ({m['start_mib']:.0f} MiB)   goals: < 1 s, <= ~150 MiB")
         print(f"\n{'source':<24} {'volume':>13} {'float32 MiB':>11} {'import peak MiB':>15} {'ratio':>6} "
               f"{'s':>6}")
         for size in args.sizes.split(","):
@@ -123,7 +137,13 @@ def main() -> None:
                 rows.append({"source": name, "shape": size, "float32_mib": round(f32, 1),
                              "import_peak_mib": round(grow, 1), "ratio": round(grow / f32, 2),
                              "seconds": round(m["seconds"], 2), "start_mib": round(m["start_mib"], 1)})
-                print(f"{name:<24} {size:>13} {f32:11.1f} {grow:15.1f} {grow / f32:6.2f} {m['seconds']:6.2f}")
+                line = f"{name:<24} {size:>13} {f32:11.1f} {grow:15.1f} {grow / f32:6.2f} {m['seconds']:6.2f}"
+                if base:
+                    o = measure(src, case / f"out_base_{len(rows)}", layout, base)
+                    og = o["peak_mib"] - o["start_mib"]
+                    rows[-1]["baseline_ratio"] = round(og / f32, 2)
+                    line += f"   baseline {og:7.1f} MiB {og / f32:5.2f}x {o['seconds']:6.2f} s"
+                print(line)
     worst = max(r["ratio"] for r in rows)
     print(f"\nratio = (peak RSS - start-up RSS) / float32 volume; goal <= 2.5; worst {worst}")
     print(json.dumps(rows))

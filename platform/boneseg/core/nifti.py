@@ -6,6 +6,10 @@ canonical RAS+ order (a lossless axis permutation/flip, nibabel.as_closest_canon
 so that inside the platform axis 2 is always the slice axis (inferior -> superior).
 Written files carry the affine in both qform and sform (code 1, scanner) and never
 copy source header text: descrip, db_name, aux_file and intent_name are blank.
+
+lines: over 300 because every header field a hostile or broken file can get wrong has
+its own refusal here, checked before the data is read; split up, the order of the checks
+(header, size, forms, data, geometry, HU) would no longer read in one place.
 """
 from __future__ import annotations
 
