@@ -398,3 +398,15 @@ def test_correct_import_keeps_an_existing_correction_without_force(tiny_pipeline
     assert files(tmp_path / "corr") == before
     record = import_correction(cfg, case, ws / "start.nii.gz", force=True)
     assert record["case"] == case and os.path.isfile(tmp_path / "corr" / f"{case}.nii.gz")
+
+
+def test_a_second_sweep_of_one_experiment_is_refused(tmp_path, monkeypatch, capsys):
+    cfg = project(tmp_path)
+    (tmp_path / "params.yaml").write_text(to_yaml(cfg))
+    monkeypatch.chdir(tmp_path)
+    name = f"sweep-{cfg.tracking.experiment}-params"
+    with exclusive(tmp_path / cfg.sweep.metrics_file, name, "a sweep of params.yaml"):
+        assert main(["sweep"]) == 2
+    err = capsys.readouterr().err
+    assert f"a sweep of params.yaml: refused, a sweep of params.yaml is already running (pid {os.getpid()}" in err
+    assert not (tmp_path / "results").exists()
