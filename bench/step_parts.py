@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    settings = [("channels_last, AdamW (session 7's profile)", True, False),
+    settings = [("channels_last, AdamW (the earlier profile)", True, False),
                 ("channels_last, fused AdamW", True, True),
                 ("contiguous, fused AdamW (the quick profile on CPU)", False, True)]
     base = {}

@@ -15,7 +15,7 @@ def test_train_cli_records_one_finished_mlflow_run(tiny_pipeline, tmp_path, caps
     monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts under ./mlruns
     params = tmp_path / "params.yaml"
     params.write_text(to_yaml(tiny_pipeline))
-    uri = f"sqlite:///{tmp_path / 'own.db'}"  # this test's own store: the session's may hold other runs
+    uri = f"sqlite:///{tmp_path / 'own.db'}"  # this test's own store: the shared one may hold other runs
     rc = main(
         [
             "--params",

@@ -226,11 +226,12 @@ def place_cases(staged, layout: str, out: Path, cohort: str, ids: dict[str, str]
             unchanged.append(dst)
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        for old in there:  # --force: the old copy goes only once the new one is ready beside it
-            gone = old.with_name(f".{old.name}.replaced")
-            os.replace(old, gone)
-            shutil.rmtree(gone)
-        os.replace(d, dst)
+        gone = [old.with_name(f".{old.name}.replaced") for old in there]  # --force: hidden, then deleted
+        for old, g in zip(there, gone):
+            os.replace(old, g)
+        os.replace(d, dst)  # a kill before this line leaves the old copy under its dot name, not half a case
+        for g in gone:
+            shutil.rmtree(g)
         written.append(dst)
     return written, unchanged
 
