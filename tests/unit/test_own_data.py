@@ -410,3 +410,13 @@ def test_a_second_sweep_of_one_experiment_is_refused(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert f"a sweep of params.yaml: refused, a sweep of params.yaml is already running (pid {os.getpid()}" in err
     assert not (tmp_path / "results").exists()
+
+
+def test_sources_that_give_no_case_are_one_clear_refusal(tmp_path):
+    (tmp_path / "data/sources/empty/images").mkdir(parents=True)
+    (tmp_path / "data/sources/empty/images/broken.nii.gz").write_bytes(b"not a CT")
+    cfg = project(tmp_path, [{"path": str(tmp_path / "data/sources/empty"), "layout": "nifti",
+                              "skip_invalid": True}])
+    with pytest.raises(DataError, match=r"data.sources gave no case \(1 skipped; the first: broken"):
+        build_raw(cfg, progress=False)
+    assert not (tmp_path / "data/raw").exists()

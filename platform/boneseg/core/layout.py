@@ -40,8 +40,8 @@ def find_cases(raw_dir: str | Path) -> list[dict]:
         cases.append({"case": ct.parent.name, "cohort": ct.parent.parent.name, "ct": ct,
                       "truth": truth if truth.is_file() else None, "phase": meta.get("phase", "unknown")})
     if not cases:
-        raise DataError(f"{raw_dir}: no cases (<cohort>/<case>/ct.nii.gz). Run `boneseg synth` "
-                        "or `boneseg import` first.")
+        raise DataError(f"{raw_dir}: no cases (<cohort>/<case>/ct.nii.gz). Run `dvc repro raw` (it imports "
+                        "data.sources, or writes the synthetic cohort when there are none).")
     ids = [c["case"] for c in cases]
     if len(set(ids)) != len(ids):
         raise DataError(f"{raw_dir}: a case id appears in two cohorts; case ids must be unique.")

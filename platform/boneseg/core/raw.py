@@ -63,6 +63,10 @@ def build_raw(cfg: Config, force: bool = False, progress: bool = True) -> dict:
             res = import_cohort(path, tmp, src.layout, src.cohort, src.skip_invalid, id_map_path=id_map,
                                 max_voxels=cfg.data.max_voxels)
             skipped += res.skipped
+        if not any(tmp.glob("*/*/ct.nii.gz")):
+            first = f"; the first: {skipped[0]}" if skipped else ""
+            raise DataError(f"data.sources gave no case ({len(skipped)} skipped{first}). Check the source "
+                            "folders and their layout.")
         new = {(c["cohort"], c["case"]) for c in find_cases(tmp)}
         old = {(c["cohort"], c["case"]) for c in find_cases(out)} if any(out.glob("*/*/ct.nii.gz")) else set()
         lost = sorted(old - new)
