@@ -51,7 +51,8 @@ def test_config_error_exits_2_and_names_key(capsys):
 
 
 def test_settings_options_work_after_the_command_too(capsys):
-    # the documented form `boneseg train --case ... --set key=value` as well as `boneseg --set key=value train`
+    # the documented form
+    # `boneseg train --case ... --set key=value` as well as `boneseg --set key=value train`
     rc = main(["config", "--params", str(ROOT / "params.yaml"), "--set", "data.image_size=100"])
     assert (
         rc == 2 and "data.image_size: expected a multiple of 32 (>= 32), got 100" in capsys.readouterr().err

@@ -408,7 +408,8 @@ def test_a_second_sweep_of_one_experiment_is_refused(tmp_path, monkeypatch, caps
     with exclusive(tmp_path / cfg.sweep.metrics_file, name, "a sweep of params.yaml"):
         assert main(["sweep"]) == 2
     err = capsys.readouterr().err
-    assert f"a sweep of params.yaml: refused, a sweep of params.yaml is already running (pid {os.getpid()}" in err
+    want = f"a sweep of params.yaml: refused, a sweep of params.yaml is already running (pid {os.getpid()}"
+    assert want in err
     assert not (tmp_path / "results").exists()
 
 
