@@ -1,7 +1,6 @@
 """DICOM export -> import -> labels -> slices -> `boneseg train` into a real MLflow store:
 no header identifier and no source UID reaches any file the pipeline writes."""
 import gzip
-import json
 import shutil
 
 import numpy as np
@@ -48,14 +47,16 @@ def test_no_header_identifier_reaches_data_or_mlflow(tmp_path, monkeypatch, caps
         ct = load_ct(case / "ct.nii.gz")
         files = write_dicom_series(as_scanner_stores_it(Volume(ct.data.astype(np.int16), ct.affine)),
                                    export / f"{PLANTED['PatientID']}_{k}/CT", series_number=2 + k)
-        truths[pydicom.dcmread(files[0]).SeriesInstanceUID] = load_volume(case / "truth.nii.gz")
+        truths[pydicom.dcmread(files[0]).SeriesInstanceUID] = (ct.data, load_volume(case / "truth.nii.gz"))
     shutil.rmtree(tmp_path / "raw/abdomen")
     dirs, _, _ = import_cohort(export, tmp_path / "raw", "dicom", id_map_path=tmp_path / ".boneseg/map.json")
     assert len(dirs) == 5
-    # a reader labels them by hand (here: the synthetic truth) under the new ids
-    ids = json.loads((tmp_path / ".boneseg/map.json").read_text())
-    for uid, truth in truths.items():
-        save_volume(truth, tmp_path / "corr" / f"{ids['dicom:' + uid]}.nii.gz")
+    # a reader labels them by hand (here: the synthetic truth) under the new ids; the map keys
+    # cases by content, so each imported CT is matched to its source by its voxels
+    for d in dirs:
+        got = load_ct(d / "ct.nii.gz").data
+        (uid,) = [u for u, (ct, _) in truths.items() if np.array_equal(ct, got)]
+        save_volume(truths[uid][1], tmp_path / "corr" / f"{d.name}.nii.gz")
     qa = derive_labels(cfg, progress=False)
     assert sorted(r["label_source"] for r in qa["cases"] if r["cohort"] == "abdomen") == ["correction"] * 5
     write_splits(cfg)
