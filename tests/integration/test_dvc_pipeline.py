@@ -32,7 +32,7 @@ def repo(tmp_path):
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
-    for d in ("experiments", "platform", "data/corrections"):
+    for d in ("experiments", "platform", "data/corrections", "data/sources"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["synth"].update(abdomen=5, thigh=2, matrix=48, slices=6)
