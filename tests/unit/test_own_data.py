@@ -190,6 +190,8 @@ def test_a_second_import_into_one_folder_is_refused_naming_the_holder(tmp_path):
     with exclusive(out, "x", "one"), pytest.raises(DataError, match="two: refused, one is already running"):
         with exclusive(out, "x", "two"):
             pass
+    with exclusive(out, "sweep-boneseg-/abs/experiments/e.yaml", "a named sweep"):  # a path as the name
+        assert (tmp_path / ".boneseg/locks/sweep-boneseg-_abs_experiments_e.yaml.lock").is_file()
 
 
 def test_sigkill_mid_import_leaves_only_whole_cases_and_the_rerun_completes(tmp_path):

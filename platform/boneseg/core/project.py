@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def exclusive(anchor: str | os.PathLike, name: str, what: str) -> Iterator[None]
     refused at once with a DataError that names the first (pid, host, command, since)."""
     locks = state_dir(anchor) / "locks"
     locks.mkdir(mode=0o700, exist_ok=True)
-    path = locks / f"{name}.lock"
+    path = locks / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_.')}.lock"  # e.g. an experiment's path
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
