@@ -138,3 +138,13 @@ def protected(path: str | os.PathLike) -> str | None:
             if target and (p == target or target in p.parents):
                 return f"it lies in {target}, tracked by DVC ({f.name})"
     return None
+
+
+def refuse_stage_output(out: Path, flag: str = "--out") -> None:
+    owned = owning_stage(out)
+    if owned:
+        stage, rel = owned
+        raise DataError(f"{flag} {out}: {rel} is the output of the DVC stage `{stage}`, which `dvc repro` "
+                        "deletes and rebuilds. List the source in params.yaml instead, e.g. data.sources: "
+                        "[{path: data/sources/lab1, layout: dicom, cohort: abdomen}], then `dvc repro` "
+                        "(docs/own-ct.md); or import into a folder of your own with --out.")

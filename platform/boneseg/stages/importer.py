@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from boneseg.core.config import Config
-from boneseg.errors import DataError
 
 
 def add_parser(sub) -> None:
@@ -30,20 +29,9 @@ def add_parser(sub) -> None:
     p.set_defaults(func=main)
 
 
-def refuse_stage_output(out: Path, flag: str = "--out") -> None:
-    from boneseg.core.project import owning_stage
-
-    owned = owning_stage(out)
-    if owned:
-        stage, rel = owned
-        raise DataError(f"{flag} {out}: {rel} is the output of the DVC stage `{stage}`, which `dvc repro` "
-                        "deletes and rebuilds. List the source in params.yaml instead, e.g. data.sources: "
-                        "[{path: data/sources/lab1, layout: dicom, cohort: abdomen}], then `dvc repro` "
-                        "(docs/own-ct.md); or import into a folder of your own with --out.")
-
-
 def main(args: argparse.Namespace, cfg: Config) -> int:
     from boneseg.core.importing import import_cohort
+    from boneseg.core.project import refuse_stage_output
 
     out = Path(args.out or cfg.data.raw_dir)
     refuse_stage_output(out)

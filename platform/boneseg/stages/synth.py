@@ -26,7 +26,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     scfg = cfg.data.synth.model_copy(update=over)
     scfg = SynthConfig.model_validate(scfg.model_dump())  # re-validate CLI values
     out = Path(args.out or cfg.data.raw_dir)
-    from boneseg.stages.importer import refuse_stage_output
+    from boneseg.core.project import refuse_stage_output
 
     refuse_stage_output(out)
     dirs = synthesize(scfg, out)
