@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from boneseg.core.losses import segmentation_loss
-from boneseg.core.models import build_model
+from boneseg.core.networks.losses import segmentation_loss
+from boneseg.core.networks.models import build_model
 
 
 def timed(compiled: bool, args) -> tuple[float, float]:

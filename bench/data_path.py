@@ -19,14 +19,14 @@ import time
 
 import torch
 
-from boneseg.core.augment import prepare_batch
 from boneseg.core.config import Config
-from boneseg.core.dataset import SliceDataset, make_loader
-from boneseg.core.device_data import DeviceSlices
-from boneseg.core.labelling import derive_labels
+from boneseg.core.data.dataset import SliceDataset, make_loader
+from boneseg.core.data.device_data import DeviceSlices
+from boneseg.core.data.slices import build_slices
+from boneseg.core.data.synth import synthesize
+from boneseg.core.engine.augment import prepare_batch
+from boneseg.core.labelling.labels import derive_labels
 from boneseg.core.layout import load_index
-from boneseg.core.slices import build_slices
-from boneseg.core.synth import synthesize
 
 H200_IMG_PER_S = 5000.0
 CPU = torch.device("cpu")

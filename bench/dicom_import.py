@@ -23,8 +23,8 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from boneseg.core.importing import import_cohort  # noqa: E402
-from boneseg.core.nifti import Volume  # noqa: E402
+from boneseg.core.data.importing import import_cohort  # noqa: E402
+from boneseg.core.imaging.nifti import Volume  # noqa: E402
 from conftest import write_dicom_series  # noqa: E402  (the tests' DICOM writer)
 
 

@@ -56,10 +56,10 @@ def facts() -> dict:
 
 def one_step_rate(dev, x0, y, amp: str, cl: bool, comp: bool, steps: int) -> dict:
     from boneseg.core.config import TrainConfig
-    from boneseg.core.losses import segmentation_loss
-    from boneseg.core.models import build_model
-    from boneseg.core.runtime import autocast_args, grad_scaler, scaled_step
-    from boneseg.core.training import make_optim
+    from boneseg.core.networks.losses import segmentation_loss
+    from boneseg.core.networks.models import build_model
+    from boneseg.core.networks.optim import make_optim
+    from boneseg.core.networks.runtime import autocast_args, grad_scaler, scaled_step
 
     torch.manual_seed(0)
     tc = TrainConfig(amp=amp, channels_last=cl)
@@ -126,10 +126,10 @@ def peak_gib(dev) -> float | None:
 def cohort(tmp: Path, smoke: bool) -> Path:
     """A small synthetic paper-profile cohort (params + data), built once: returns params.yaml."""
     from boneseg.core.config import load_config, to_yaml
-    from boneseg.core.labelling import derive_labels
-    from boneseg.core.slices import build_slices
-    from boneseg.core.splits import write_splits
-    from boneseg.core.synth import synthesize
+    from boneseg.core.data.slices import build_slices
+    from boneseg.core.data.splits import write_splits
+    from boneseg.core.data.synth import synthesize
+    from boneseg.core.labelling.labels import derive_labels
 
     sets = [
         f"data.raw_dir={tmp}/raw",
@@ -169,7 +169,7 @@ def cohort(tmp: Path, smoke: bool) -> Path:
 TRIAL = """
 import json, sys, time, torch
 from boneseg.core.config import load_config
-from boneseg.core.training import fit
+from boneseg.core.engine.training import fit
 cfg = load_config(sys.argv[1])
 cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"out_dir": sys.argv[3],
                                                                    "threads": int(sys.argv[4])})})
@@ -213,9 +213,9 @@ def data_rate(dev, size: int, batch: int, batches: int) -> dict:
     """train.data_on_device on synthetic slices, on the device: the gather, then what the
     bf16 step gets (`prepare_batch`: int64 ids, channels_last), without and with the
     paper's augmentation."""
-    from boneseg.core.augment import prepare_batch
     from boneseg.core.config import TrainConfig
-    from boneseg.core.device_data import DeviceSlices
+    from boneseg.core.data.device_data import DeviceSlices
+    from boneseg.core.engine.augment import prepare_batch
 
     tc = TrainConfig(amp="bf16")
     n = 512  # the tensors directly: no files needed for a rate

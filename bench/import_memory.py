@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from boneseg.core.importing import import_cohort
+from boneseg.core.data.importing import import_cohort
 from boneseg.errors import DataError
 def kib():  # this process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)
     for line in open("/proc/self/status"):
@@ -73,7 +73,7 @@ def ct_body(shape) -> np.ndarray:
 
 
 def write_sources(tmp: Path, shape) -> dict[str, tuple[Path, str]]:
-    from boneseg.core.nifti import Volume
+    from boneseg.core.imaging.nifti import Volume
     from conftest import write_dicom_series
 
     hu = ct_body(shape)

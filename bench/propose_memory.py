@@ -2,7 +2,7 @@
 study's profile (experiments/paper.yaml: 0.5 x 0.5 x 5 mm, 512 x 512 x 32 windows)
 beside the quick profile (params.yaml), on the same 512 x 512 x ~N CT.
 
-Each measurement runs `core.propose.predict` (what the stage runs per CT) in a fresh
+Each measurement runs `core.labelling.vnet.predict` (what the stage runs per CT) in a fresh
 process, so ru_maxrss is that profile's own high-water mark. The weights are random: the
 memory and the time do not depend on their values. Printed: each profile's peak RSS and
 seconds, the paper/quick ratios, the paper peak against the 16 GiB goal, and (with
@@ -25,9 +25,9 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 from boneseg.core.config import Config
-from boneseg.core.nifti import load_ct
-from boneseg.core.propose import build_vnet, predict
-from boneseg.core.runtime import prepare_runtime
+from boneseg.core.imaging.nifti import load_ct
+from boneseg.core.labelling.vnet import build_vnet, predict
+from boneseg.core.networks.runtime import prepare_runtime
 cfg = Config.model_validate(json.loads(sys.argv[1]))
 torch.manual_seed(0)
 device, autocast = prepare_runtime(cfg.train)
@@ -44,7 +44,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "shape": list(ct.shape), "
 
 def make_ct(root: Path, slices: int, seed: int) -> Path:
     from boneseg.core.config import SynthConfig
-    from boneseg.core.synth import synthesize
+    from boneseg.core.data.synth import synthesize
 
     raw = root / f"raw{slices}"
     synthesize(SynthConfig(seed=seed, abdomen=1, thigh=0, matrix=512, slices=slices), raw, progress=False)

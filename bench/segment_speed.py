@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from boneseg.core.config import Config
-from boneseg.core.inference import find_checkpoints, segment_files
-from boneseg.core.models import build_model
-from boneseg.core.nifti import Volume, save_volume
-from boneseg.core.preprocess import stack_25d, window_planes
+from boneseg.core.data.preprocess import stack_25d, window_planes
+from boneseg.core.imaging.nifti import Volume, save_volume
+from boneseg.core.inference.predict import find_checkpoints, segment_files
+from boneseg.core.networks.models import build_model
 
 
 def make_ct(path: Path, n_slices: int) -> None:
@@ -57,7 +57,7 @@ def save_models(folder: Path, size: int, n: int) -> None:
 @torch.no_grad()
 def naive_seconds(ct_path: Path, size: int) -> float:
     """Baseline: the same model, one slice per forward pass, default memory format."""
-    from boneseg.core.nifti import load_ct
+    from boneseg.core.imaging.nifti import load_ct
 
     torch.manual_seed(0)
     net = build_model(5, "none")[0].eval()

@@ -16,7 +16,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from boneseg.core.config import Config
-from boneseg.core.slices import build_slices
+from boneseg.core.data.slices import build_slices
 cfg = Config.model_validate(json.loads(sys.argv[1]))
 t = time.perf_counter()
 build_slices(cfg, progress=False)
@@ -27,8 +27,8 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 
 def measure(root: Path, n: int, matrix: int, slices: int, size: int) -> dict:
     from boneseg.core.config import Config, SynthConfig
-    from boneseg.core.labelling import derive_labels
-    from boneseg.core.synth import synthesize
+    from boneseg.core.data.synth import synthesize
+    from boneseg.core.labelling.labels import derive_labels
 
     raw = root / f"raw{n}"
     synthesize(SynthConfig(seed=0, abdomen=n, thigh=0, matrix=matrix, slices=slices), raw, progress=False)

@@ -15,9 +15,9 @@ import time
 import torch
 
 from boneseg.core.config import Config
-from boneseg.core.losses import segmentation_loss
-from boneseg.core.models import build_model
-from boneseg.core.training import make_optim
+from boneseg.core.networks.losses import segmentation_loss
+from boneseg.core.networks.models import build_model
+from boneseg.core.networks.optim import make_optim
 
 
 def measure(channels_last: bool, fused: bool, px: int, steps: int, warm: int = 3) -> dict:

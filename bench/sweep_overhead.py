@@ -23,13 +23,13 @@ import time
 BARE = r"""
 import json, sys, time, torch
 from boneseg.core.config import load_config
-from boneseg.core.augment import random_crop
-from boneseg.core.dataset import SliceDataset
-from boneseg.core.losses import segmentation_loss
-from boneseg.core.models import build_model
-from boneseg.core.runtime import seed_everything
-from boneseg.core.dataset import make_loader
-from boneseg.core.training import make_optim
+from boneseg.core.engine.augment import random_crop
+from boneseg.core.data.dataset import SliceDataset
+from boneseg.core.networks.losses import segmentation_loss
+from boneseg.core.networks.models import build_model
+from boneseg.core.networks.runtime import seed_everything
+from boneseg.core.data.dataset import make_loader
+from boneseg.core.networks.optim import make_optim
 cfg = load_config("params.yaml", overrides=json.loads(sys.argv[1]))
 steps, threads = int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
@@ -99,7 +99,7 @@ def main() -> None:
         durations = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
         sweep_ips = [m.value for r in runs for m in c.get_metric_history(r.info.run_id, "images_per_s")]
     # the same number of optimiser steps as one trial: epochs x batches per epoch
-    from boneseg.core.dataset import SliceDataset
+    from boneseg.core.data.dataset import SliceDataset
 
     splits = json.load(open(cfg.data.splits_file))
     n_batches = len(SliceDataset(cfg.data.slices_dir, splits["folds"][0]["train"])) // cfg.train.batch_size

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from boneseg.core.config import SynthConfig
-from boneseg.core.nifti import Volume
+from boneseg.core.imaging.nifti import Volume
 
 RAS = np.diag([0.8, 0.8, 3.0, 1.0])
 LPS = np.diag([-0.8, -0.8, 3.0, 1.0])
@@ -46,10 +46,10 @@ def make_labels(ct: Volume) -> Volume:
 def tiny_pipeline(tmp_path_factory):
     """A whole tiny data pipeline (synth -> labels -> splits -> slices) and its Config."""
     from boneseg.core.config import Config
-    from boneseg.core.labelling import derive_labels
-    from boneseg.core.slices import build_slices
-    from boneseg.core.splits import write_splits
-    from boneseg.core.synth import synthesize
+    from boneseg.core.data.slices import build_slices
+    from boneseg.core.data.splits import write_splits
+    from boneseg.core.data.synth import synthesize
+    from boneseg.core.labelling.labels import derive_labels
 
     root = tmp_path_factory.mktemp("pipeline")
     cfg = Config.model_validate({

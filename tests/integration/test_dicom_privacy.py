@@ -9,12 +9,12 @@ import pytest
 
 from boneseg.cli import main
 from boneseg.core.config import Config, to_yaml
-from boneseg.core.importing import import_cohort
-from boneseg.core.labelling import derive_labels
-from boneseg.core.nifti import Volume, load_ct, load_volume, save_volume
-from boneseg.core.slices import build_slices
-from boneseg.core.splits import write_splits
-from boneseg.core.synth import synthesize
+from boneseg.core.data.importing import import_cohort
+from boneseg.core.data.slices import build_slices
+from boneseg.core.data.splits import write_splits
+from boneseg.core.data.synth import synthesize
+from boneseg.core.imaging.nifti import Volume, load_ct, load_volume, save_volume
+from boneseg.core.labelling.labels import derive_labels
 from conftest import PLANTED, UID_ROOT, write_dicom_series
 
 pytestmark = pytest.mark.slow

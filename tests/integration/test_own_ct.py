@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from boneseg.core.nifti import Volume
+from boneseg.core.imaging.nifti import Volume
 from conftest import write_dicom_series
 
 ROOT = Path(__file__).resolve().parents[2]

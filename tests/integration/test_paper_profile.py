@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import save_file
 
 from boneseg.core.config import load_config
-from boneseg.core.labelling import derive_labels
-from boneseg.core.models import UNet
-from boneseg.core.slices import build_slices
-from boneseg.core.splits import write_splits
-from boneseg.core.synth import synthesize
-from boneseg.core.training import fit
+from boneseg.core.data.slices import build_slices
+from boneseg.core.data.splits import write_splits
+from boneseg.core.data.synth import synthesize
+from boneseg.core.engine.training import fit
+from boneseg.core.labelling.labels import derive_labels
+from boneseg.core.networks.models import UNet
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from boneseg.core.augment import prepare_batch
 from boneseg.core.config import TrainConfig
-from boneseg.core.inference import predict_slices
-from boneseg.core.runtime import amp_name, autocast_args, grad_scaler, use_channels_last
-from boneseg.core.training import make_optim, maybe_resume, save_checkpoint, train_epoch
+from boneseg.core.engine.augment import prepare_batch
+from boneseg.core.engine.training import maybe_resume, save_checkpoint, train_epoch
+from boneseg.core.inference.predict import predict_slices
+from boneseg.core.networks.optim import make_optim
+from boneseg.core.networks.runtime import amp_name, autocast_args, grad_scaler, use_channels_last
 
 CPU = torch.device("cpu")
 

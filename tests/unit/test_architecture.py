@@ -140,3 +140,68 @@ def test_package_inits_hold_no_code_that_imports():
         assert not {m for m in imported(f) if m.startswith("boneseg")}, (
             f"{f.relative_to(PKG)} imports boneseg"
         )
+
+
+def subpackage_of(module: str) -> str | None:
+    """boneseg.core.<sub>.x -> <sub>; a module directly in core/ -> "base"; else None."""
+    parts = module.split(".")
+    if parts[:2] != ["boneseg", "core"] or len(parts) < 3:
+        return None
+    return parts[2] if (PKG / "core" / parts[2]).is_dir() else "base"
+
+
+def subpackage_edges() -> dict[tuple[str, str], list[str]]:
+    """(importer, imported) sub-package pairs, each with the files that make the edge."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for f in files_of("core"):
+        rel = f.relative_to(PKG / "core")
+        src = rel.parts[0] if len(rel.parts) > 1 else "base"
+        for m in imported(f):
+            dst = subpackage_of(m)
+            if dst and dst != src and not m.endswith(".LAYERS"):
+                edges.setdefault((src, dst), []).append(f"{f.relative_to(PKG)} imports {m}")
+    return edges
+
+
+def test_core_subpackages_are_the_declared_layers_and_each_has_a_role():
+    from boneseg.core import LAYERS
+
+    present = {p.name for p in (PKG / "core").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert set(LAYERS) == present | {"base"}, "core.LAYERS must list every sub-package of core/"
+    for name in present:
+        doc = ast.get_docstring(ast.parse((PKG / "core" / name / "__init__.py").read_text())) or ""
+        assert doc and len(doc.splitlines()) == 1, f"core/{name}/__init__.py: say its role in one line"
+
+
+def test_core_subpackages_import_only_downwards():
+    from boneseg.core import LAYERS
+
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    up = [why for (src, dst), whys in subpackage_edges().items() if rank[dst] > rank[src] for why in whys]
+    assert not up, "imports that run up the layers (core.LAYERS):\n" + "\n".join(up)
+
+
+def test_core_subpackages_have_no_cycles():
+    graph: dict[str, set[str]] = {}
+    for src, dst in subpackage_edges():
+        graph.setdefault(src, set()).add(dst)
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            assert state.get(nxt) != 1, "cycle between sub-packages: " + " -> ".join(path + [nxt])
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_the_vnet_stage_runs_no_unet_code():
+    """An edit to the U-Net (its model, inference or training) does not re-run the V-Net."""
+    files = {str(f.relative_to(PKG)) for f in closure(stage_modules()["propose"])}
+    unet = {"core/networks/models.py", "core/inference/predict.py", "core/engine/training.py"}
+    assert not files & unet, f"`boneseg propose` runs {sorted(files & unet)}"

@@ -1,5 +1,5 @@
-"""Model-assisted labelling (`core.assist`): the trials' out-of-fold label maps, their
-effort beside the other proposal sources, and `boneseg propose --model` for new CTs into
+"""Model-assisted labelling (`core.labelling.assist`): the trials' out-of-fold label maps, their
+effort beside the other proposal sources, and `boneseg assist --model` for new CTs into
 the correction round trip."""
 import json
 from pathlib import Path
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from boneseg.cli import main as cli
-from boneseg.core.assist import labelling_effort, oof_maps, oof_sources
 from boneseg.core.config import to_yaml
-from boneseg.core.correct import import_correction
-from boneseg.core.effort import effort, proposal_qa
-from boneseg.core.labelling import derive_labels
+from boneseg.core.engine.training import fit
+from boneseg.core.evaluation.metrics import dice
+from boneseg.core.labelling.assist import labelling_effort, oof_maps, oof_sources
+from boneseg.core.labelling.correct import import_correction
+from boneseg.core.labelling.effort import effort, proposal_qa
+from boneseg.core.labelling.labels import derive_labels
 from boneseg.core.layout import find_cases, label_path, load_splits
-from boneseg.core.metrics import dice
-from boneseg.core.training import fit
 from boneseg.errors import DataError
 
 
@@ -89,7 +89,7 @@ def test_propose_with_a_model_feeds_the_correction_round_trip(trials, tmp_path, 
     params = tmp_path / "params.yaml"
     params.write_text(to_yaml(cfg))
     model = results[0].out_dir + "/model.pt"
-    assert cli(["--params", str(params), "propose", "--model", model]) == 0  # --input: data.raw_dir
+    assert cli(["--params", str(params), "assist", "--model", model]) == 0  # --input: data.raw_dir
     assert "U-Net proposals" in capsys.readouterr().out
     cases = [c for c in find_cases(cfg.data.raw_dir) if c["cohort"] == "abdomen"]
     written = sorted(p.name for p in (tmp_path / "unet").glob("*.nii.gz"))
@@ -124,16 +124,16 @@ def test_a_missing_unet_proposal_or_bad_input_is_refused_by_name(trials, tmp_pat
     case = next(c for c in find_cases(cfg.data.raw_dir) if c["cohort"] == "abdomen")["case"]
     assert cli(["--params", str(params), "correct", "export", case, "--proposal", "unet"]) != 0
     err = capsys.readouterr().err
-    assert f"no U-Net proposal for {case}" in err and "boneseg propose --model" in err
+    assert f"no U-Net proposal for {case}" in err and "boneseg assist --model" in err
     assert not (tmp_path / "ws").exists()
     missing = tmp_path / "nothing"
     model = results[0].out_dir
-    assert cli(["--params", str(params), "propose", "--model", model, "--input", str(missing)]) != 0
+    assert cli(["--params", str(params), "assist", "--model", model, "--input", str(missing)]) != 0
     assert str(missing) in capsys.readouterr().err and not (tmp_path / "none").exists()
-    assert cli(["--params", str(params), "propose", "--input", str(missing)]) != 0  # --input needs --model
-    assert "--input/--out go with --model" in capsys.readouterr().err
+    assert cli(["--params", str(params), "assist", "--input", str(missing)]) == 2  # --model is required
+    assert "--model" in capsys.readouterr().err
     with pytest.raises(DataError, match="only thigh CTs"):
-        from boneseg.core.assist import input_pairs
+        from boneseg.core.labelling.assist import input_pairs
 
         thigh_only = tmp_path / "raw" / "thigh"
         src = next(c for c in find_cases(cfg.data.raw_dir) if c["cohort"] == "thigh")["ct"].parent

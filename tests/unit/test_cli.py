@@ -23,6 +23,7 @@ def test_help_lists_every_command_with_one_line(capsys):
         "synth",
         "import",
         "propose",
+        "assist",
         "correct",
         "labels",
         "splits",

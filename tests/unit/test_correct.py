@@ -8,9 +8,9 @@ import pytest
 
 from boneseg.cli import main as cli
 from boneseg.core.config import to_yaml
-from boneseg.core.correct import export_case, import_correction
-from boneseg.core.effort import effort, proposal_qa
-from boneseg.core.labelling import derive_labels
+from boneseg.core.labelling.correct import export_case, import_correction
+from boneseg.core.labelling.effort import effort, proposal_qa
+from boneseg.core.labelling.labels import derive_labels
 from boneseg.core.layout import find_cases, load_qa
 from boneseg.errors import DataError
 

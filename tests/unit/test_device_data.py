@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from boneseg.core.augment import prepare_batch
-from boneseg.core.dataset import SliceDataset, make_loader
-from boneseg.core.device_data import DeviceSlices, use_device_data
+from boneseg.core.data.dataset import SliceDataset, make_loader
+from boneseg.core.data.device_data import DeviceSlices, use_device_data
+from boneseg.core.engine.augment import prepare_batch
+from boneseg.core.engine.training import train_epoch
 from boneseg.core.layout import load_splits
-from boneseg.core.models import build_model
-from boneseg.core.runtime import grad_scaler
-from boneseg.core.training import make_optim, train_epoch
+from boneseg.core.networks.models import build_model
+from boneseg.core.networks.optim import make_optim
+from boneseg.core.networks.runtime import grad_scaler
 
 CPU = torch.device("cpu")
 

@@ -12,9 +12,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from boneseg.core.dicom import scan_series
-from boneseg.core.importing import import_cohort
-from boneseg.core.nifti import Volume, load_ct, to_canonical
+from boneseg.core.data.importing import import_cohort
+from boneseg.core.imaging.dicom import scan_series
+from boneseg.core.imaging.nifti import Volume, load_ct, to_canonical
 from boneseg.errors import DataError
 from conftest import PLANTED, UID_ROOT, make_ct, write_dicom_series
 

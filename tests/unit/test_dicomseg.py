@@ -15,10 +15,10 @@ from test_segment import phantom, save_model
 import boneseg
 from boneseg.cli import main
 from boneseg.core.config import Config, to_yaml
-from boneseg.core.dicomseg import plan_output
-from boneseg.core.importing import import_cohort
+from boneseg.core.data.importing import import_cohort
+from boneseg.core.imaging.nifti import Volume, to_canonical
+from boneseg.core.inference.dicomseg import plan_output
 from boneseg.core.labelmap import LABEL_COLOURS
-from boneseg.core.nifti import Volume, to_canonical
 from boneseg.errors import DataError
 from conftest import PLANTED, write_dicom_series
 

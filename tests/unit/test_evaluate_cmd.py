@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from boneseg.cli import main
-from boneseg.core.evaluation import evaluate_folder
-from boneseg.core.nifti import Volume, save_volume
+from boneseg.core.evaluation.validate import evaluate_folder
+from boneseg.core.imaging.nifti import Volume, save_volume
 from boneseg.errors import DataError
 
 AFF = np.diag([2.0, 2.0, 5.0, 1.0])  # 20 mm^3 per voxel

@@ -15,7 +15,7 @@ import pydicom
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from boneseg.core.importing import import_cohort
+from boneseg.core.data.importing import import_cohort
 from boneseg.core.layout import find_cases
 from boneseg.errors import DataError
 from conftest import RAS, make_ct, write_dicom_series

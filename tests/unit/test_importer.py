@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from boneseg.core.importing import import_cohort, ts_label_id
-from boneseg.core.nifti import Volume, load_ct, load_labels, save_volume
+from boneseg.core.data.importing import import_cohort, ts_label_id
+from boneseg.core.imaging.nifti import Volume, load_ct, load_labels, save_volume
 from boneseg.errors import DataError
 from conftest import LPS, make_ct, make_labels
 

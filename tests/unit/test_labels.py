@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from boneseg.core import synth
 from boneseg.core.config import Config, LabelsConfig, SynthConfig
-from boneseg.core.labelling import derive_case, derive_labels, fill_marrow
-from boneseg.core.metrics import dice
-from boneseg.core.nifti import Volume, load_labels, save_volume
+from boneseg.core.data import synth
+from boneseg.core.evaluation.metrics import dice
+from boneseg.core.imaging.nifti import Volume, load_labels, save_volume
+from boneseg.core.labelling.labels import derive_case, derive_labels, fill_marrow
 from boneseg.errors import DataError
 from conftest import make_ct
 

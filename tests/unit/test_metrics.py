@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import dice as scipy_dice_dissimilarity
 
-from boneseg.core.metrics import best_variant, case_metrics, dice, fold_summary, nanmean, variant_scores
+from boneseg.core.evaluation.metrics import (
+    best_variant,
+    case_metrics,
+    dice,
+    fold_summary,
+    nanmean,
+    variant_scores,
+)
 
 
 def test_dice_policy_on_hand_built_volumes():

@@ -5,7 +5,7 @@ import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import save_file
 
-from boneseg.core.models import UNet, build_model
+from boneseg.core.networks.models import UNet, build_model
 from boneseg.errors import ConfigError
 
 

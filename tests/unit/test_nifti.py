@@ -4,8 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from boneseg.core.io import atomic_path
-from boneseg.core.nifti import (
+from boneseg.core.imaging.nifti import (
     Volume,
     check_pair,
     load_ct,
@@ -14,6 +13,7 @@ from boneseg.core.nifti import (
     save_volume,
     to_canonical,
 )
+from boneseg.core.io import atomic_path
 from boneseg.errors import DataError
 from conftest import LPS, RAS, make_ct, make_labels, oblique_affine
 

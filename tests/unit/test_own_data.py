@@ -18,12 +18,12 @@ import pytest
 
 from boneseg.cli import main
 from boneseg.core.config import Config, to_yaml
-from boneseg.core.importing import import_cohort
+from boneseg.core.data.importing import import_cohort
+from boneseg.core.data.raw import build_raw
+from boneseg.core.data.synth import synthesize
+from boneseg.core.imaging.nifti import Volume, load_volume, save_volume
 from boneseg.core.layout import find_cases
-from boneseg.core.nifti import Volume, load_volume, save_volume
 from boneseg.core.project import exclusive, id_map_path
-from boneseg.core.raw import build_raw
-from boneseg.core.synth import synthesize
 from boneseg.errors import DataError
 from conftest import RAS, make_ct, make_labels, write_dicom_series
 
@@ -200,7 +200,7 @@ def test_sigkill_mid_import_leaves_only_whole_cases_and_the_rerun_completes(tmp_
         save_volume(make_ct(shape=(200, 200, 60), seed=i), src / "images" / f"p{i}.nii.gz")
     out = tmp_path / "raw"
     import_cohort(nifti_source(tmp_path / "first", [42]), out)  # one case there before
-    code = f"from boneseg.core.importing import import_cohort; import_cohort({str(src)!r}, {str(out)!r})"
+    code = f"from boneseg.core.data.importing import import_cohort; import_cohort({str(src)!r}, {str(out)!r})"
     proc = subprocess.Popen([sys.executable, "-c", code])
     staging = tmp_path / ".raw.import-staging/cases"
     deadline = time.time() + 120
@@ -352,7 +352,7 @@ def test_a_dicom_series_over_the_size_limit_is_refused_before_its_pixels(tmp_pat
 
 # ------------------------------------------------------------------ unlabelled cases, no thigh cohort
 def test_unlabelled_cases_are_left_out_of_splits_and_listed(tmp_path, capsys):
-    from boneseg.core.splits import write_splits
+    from boneseg.core.data.splits import write_splits
 
     out = tmp_path / "data/raw"
     synthesize(project(tmp_path).data.synth.model_copy(update={"abdomen": 6, "thigh": 0}), out,
@@ -373,8 +373,8 @@ def test_unlabelled_cases_are_left_out_of_splits_and_listed(tmp_path, capsys):
 
 
 def test_an_abdominal_cohort_without_thigh_cts_proposes_nothing_and_labels_from_threshold(tmp_path):
-    from boneseg.core.labelling import derive_labels
-    from boneseg.core.propose import propose
+    from boneseg.core.labelling.labels import derive_labels
+    from boneseg.core.labelling.vnet import propose
 
     cfg = project(tmp_path)
     cfg.labels.proposal = "vnet"
@@ -387,7 +387,7 @@ def test_an_abdominal_cohort_without_thigh_cts_proposes_nothing_and_labels_from_
 
 
 def test_correct_import_keeps_an_existing_correction_without_force(tiny_pipeline, tmp_path):
-    from boneseg.core.correct import export_case, import_correction
+    from boneseg.core.labelling.correct import export_case, import_correction
 
     cfg = tiny_pipeline.model_copy(update={"data": tiny_pipeline.data.model_copy(update={
         "corrections_dir": str(tmp_path / "corr"), "annotate_dir": str(tmp_path / "ann")})})

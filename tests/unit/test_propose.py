@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from boneseg.core.config import Config
-from boneseg.core.labelling import derive_labels, source_table
+from boneseg.core.imaging.nifti import Volume
+from boneseg.core.labelling.labels import derive_labels, source_table
+from boneseg.core.labelling.vnet import predict, propose, random_crops
 from boneseg.core.layout import find_cases, load_qa
-from boneseg.core.nifti import Volume
-from boneseg.core.propose import predict, propose, random_crops
-from boneseg.core.runtime import autocast_args
+from boneseg.core.networks.runtime import autocast_args
 from boneseg.errors import DataError
 
 
@@ -24,6 +24,7 @@ def tiny(cfg: Config, tmp_path, **propose_kw) -> Config:
     return cfg.model_copy(update={"propose": pc, "data": data})
 
 
+@pytest.mark.slow  # trains the V-Net (~25 s)
 def test_propose_writes_a_mask_per_abdominal_ct_on_its_grid_and_the_qa_compares_sources(tiny_pipeline,
                                                                                          tmp_path):
     cfg = tiny(tiny_pipeline, tmp_path)
@@ -54,6 +55,7 @@ def test_propose_writes_a_mask_per_abdominal_ct_on_its_grid_and_the_qa_compares_
     assert "vnet" in source_table(report["total"])
 
 
+@pytest.mark.slow  # trains the V-Net (~25 s)
 def test_labels_can_start_from_the_vnet_and_refuse_when_it_is_missing(tiny_pipeline, tmp_path):
     cfg = tiny(tiny_pipeline, tmp_path)
     cfg = cfg.model_copy(update={"labels": cfg.labels.model_copy(update={"proposal": "vnet"})})
@@ -79,7 +81,7 @@ def test_crops_pad_small_volumes_and_a_ct_of_any_size_is_predicted_on_its_grid()
     assert x.shape == (3, 1, 16, 16, 16) and y.shape == (3, 16, 16, 16) and y.dtype == torch.int64
     cfg = Config().model_copy(update={"propose": Config().propose.model_copy(update={
         "spacing_mm": (3.0, 3.0, 3.0), "crop": (16, 16, 16), "window": (16, 16, 16)})})
-    from boneseg.core.propose import build_vnet
+    from boneseg.core.labelling.vnet import build_vnet
 
     torch.manual_seed(0)
     net = build_vnet()

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from boneseg.core.stats import paired_bootstrap, per_case, statistics
+from boneseg.core.evaluation.stats import paired_bootstrap, per_case, statistics
 
 
 def test_identical_variants_differ_by_exactly_zero():

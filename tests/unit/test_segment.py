@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from boneseg.core.config import Config
-from boneseg.core.inference import (
+from boneseg.core.data.preprocess import apply_window, resize_planes, stack_25d
+from boneseg.core.imaging.nifti import Volume, load_labels, save_volume
+from boneseg.core.inference.predict import (
     ensemble_probabilities,
     find_checkpoints,
     load_fold_models,
@@ -17,9 +19,7 @@ from boneseg.core.inference import (
     segment_volume,
 )
 from boneseg.core.labelmap import LABEL_FILE, label_description
-from boneseg.core.models import build_model
-from boneseg.core.nifti import Volume, load_labels, save_volume
-from boneseg.core.preprocess import apply_window, resize_planes, stack_25d
+from boneseg.core.networks.models import build_model
 from boneseg.errors import DataError
 
 SIZE, WINDOW = 32, [-200.0, 1500.0]
@@ -41,7 +41,7 @@ def phantom_labels(ct: np.ndarray) -> np.ndarray:
 
 def save_model(path, seed: int, classes: str = "multi", fold: int = 0, steps: int = 30):
     """A U-Net fitted for a few steps to the phantom (so its output follows the anatomy)."""
-    from boneseg.core.losses import segmentation_loss
+    from boneseg.core.networks.losses import segmentation_loss
 
     torch.manual_seed(seed)
     net, _ = build_model(5 if classes == "multi" else 2, "none")

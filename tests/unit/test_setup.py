@@ -4,6 +4,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,3 +52,22 @@ def test_failed_install_is_not_stamped_and_is_redone(tmp_path):
     (repo / "requirements.txt").write_text((repo / "requirements.txt").read_text() + "\n# changed\n")
     assert setup(repo, env).returncode == 0  # changed requirements: installs again
     assert len((repo / ".venv" / "calls.log").read_text().splitlines()) > n
+
+
+def test_pyproject_lists_every_package_the_code_imports():
+    import ast
+    import tomllib
+
+    # import name -> distribution name, where they differ
+    dist = {"yaml": "pyyaml", "ray": "ray[tune]", "pydantic": "pydantic>=2"}
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    imported = set()
+    for f in (ROOT / "platform" / "boneseg").rglob("*.py"):
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.Import):
+                imported |= {a.name.split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+                imported.add(n.module.split(".")[0])
+    third = {m for m in imported if m not in sys.stdlib_module_names and m != "boneseg"}
+    missing = sorted(m for m in third if dist.get(m, m) not in listed)
+    assert not missing, f"pyproject.toml [project] dependencies lack {missing}"

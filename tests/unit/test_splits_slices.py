@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from boneseg.core.config import Config, SplitsConfig
-from boneseg.core.dataset import SliceDataset
+from boneseg.core.data.dataset import SliceDataset
+from boneseg.core.data.preprocess import apply_window, resize_back, resize_planes, stack_25d
+from boneseg.core.data.slices import build_slices
+from boneseg.core.data.splits import check_splits, make_splits
 from boneseg.core.labelmap import merge_classes
-from boneseg.core.preprocess import apply_window, resize_back, resize_planes, stack_25d
-from boneseg.core.slices import build_slices
-from boneseg.core.splits import check_splits, make_splits
 from boneseg.errors import DataError
 
 CASES = [f"abd{i:03d}" for i in range(14)]
@@ -92,9 +92,9 @@ def test_merge_classes_single_class():
 
 
 def test_slices_stage_and_dataset(tmp_path):
-    from boneseg.core import synth
     from boneseg.core.config import SynthConfig
-    from boneseg.core.labelling import derive_labels
+    from boneseg.core.data import synth
+    from boneseg.core.labelling.labels import derive_labels
 
     scfg = SynthConfig(seed=2, abdomen=2, thigh=1, matrix=64, slices=6)
     synth.synthesize(scfg, tmp_path / "raw", progress=False)

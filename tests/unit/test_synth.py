@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from boneseg.core import synth
 from boneseg.core.config import SynthConfig
-from boneseg.core.nifti import load_ct, load_labels
+from boneseg.core.data import synth
+from boneseg.core.imaging.nifti import load_ct, load_labels
 
 
 @pytest.fixture(scope="module")

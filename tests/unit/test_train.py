@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from boneseg.core.config import TrainConfig
-from boneseg.core.losses import segmentation_loss, soft_dice_loss
-from boneseg.core.models import UNet
-from boneseg.core.runtime import autocast_args
-from boneseg.core.training import fit
+from boneseg.core.engine.training import fit
+from boneseg.core.networks.losses import segmentation_loss, soft_dice_loss
+from boneseg.core.networks.models import UNet
+from boneseg.core.networks.runtime import autocast_args
 
 
 def test_loss_of_one_hot_probability_targets_equals_the_loss_of_ids():
@@ -20,14 +20,14 @@ def test_loss_of_one_hot_probability_targets_equals_the_loss_of_ids():
         torch.testing.assert_close(
             segmentation_loss(logits, onehot, kind), segmentation_loss(logits, ids, kind)
         )
-    from boneseg.core.augment import random_affine
+    from boneseg.core.engine.augment import random_affine
 
     x, y = random_affine(torch.rand(2, 3, 8, 8), onehot.clone(), 10, 0.1, 0.1)
     torch.testing.assert_close(y.sum(1), torch.ones(2, 8, 8))  # warped fractions still sum to 1
 
 
 def test_random_crop_cuts_the_same_window_from_image_and_target_and_replays_from_the_rng_state():
-    from boneseg.core.augment import random_crop
+    from boneseg.core.engine.augment import random_crop
 
     h, w = 12, 10
     pos = torch.arange(h * w).reshape(h, w)  # every pixel holds its own position
@@ -110,8 +110,8 @@ def test_fit_writes_summary_and_resume_continues_the_same_trajectory(tiny_pipeli
 
 def test_patch_training_resumes_on_the_same_windows_and_validates_whole_slices(tiny_pipeline, tmp_path,
                                                                                monkeypatch):
-    from boneseg.core import augment
-    from boneseg.core.slices import build_slices
+    from boneseg.core.data.slices import build_slices
+    from boneseg.core.engine import augment
 
     data = tiny_pipeline.data.model_copy(update={"image_size": 64, "slices_dir": str(tmp_path / "slices64")})
     build_slices(tiny_pipeline.model_copy(update={"data": data}), progress=False)
@@ -161,8 +161,8 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tiny_pipeline, tmp_path):
 
 
 def test_pretrain_writes_an_encoder_the_pretrained_case_loads(tiny_pipeline, tmp_path, monkeypatch):
-    from boneseg.core.models import build_model
-    from boneseg.core.pretrain import pretrain
+    from boneseg.core.engine.pretrain import pretrain
+    from boneseg.core.networks.models import build_model
 
     monkeypatch.chdir(tmp_path)  # "thigh" resolves results/pretrain/... relative to the repo root
     report = pretrain(tiny_pipeline)
@@ -178,7 +178,7 @@ def test_pretrain_writes_an_encoder_the_pretrained_case_loads(tiny_pipeline, tmp
 
 
 def test_validation_cadence_keeps_the_last_epoch():
-    from boneseg.core.training import validates
+    from boneseg.core.engine.training import validates
 
     tc = TrainConfig(epochs=8, val_every=4)
     assert [e for e in range(8) if validates(e, tc)] == [3, 7]
@@ -186,6 +186,7 @@ def test_validation_cadence_keeps_the_last_epoch():
     assert all(validates(e, TrainConfig(epochs=3, val_every=1)) for e in range(3))
 
 
+@pytest.mark.slow  # two trials side by side (~23 s)
 def test_skipping_validation_leaves_training_bit_identical(tiny_pipeline, tmp_path):
     """Validation only reads the model: validating every epoch or only after the last one
     trains the very same weights (so train.val_every cannot change a score)."""

@@ -81,7 +81,7 @@ class DataConfig(_Strict):
     labels_dir: str = "data/labels"
     corrections_dir: str = "data/corrections"
     proposals_dir: str = "data/proposals"
-    unet_proposals_dir: str = Field("data/proposals_unet", description="`boneseg propose --model`: a trained "
+    unet_proposals_dir: str = Field("data/proposals_unet", description="`boneseg assist --model`: a trained "
                                     "U-Net's four-class proposals for new CTs (git-ignored)")
     annotate_dir: str = "annotate"
     splits_file: str = "data/splits.json"
@@ -328,28 +328,39 @@ def parse_set(items: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: an earlier --set gave {part} a value, not settings. "
+                                  f"Set the keys under {part} one by one instead.")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML. Quote it.") from None
     return out
 
 
 def _format_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid settings"]
+    """One line: the source, then each wrong key with what is wrong with it."""
+    parts = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `boneseg config` lists every key)"
-            lines.append(f"  {path}: {msg}")
-            continue
-        lines.append(f"  {path}: {msg}, got {err['input']!r}" if "got" not in msg else f"  {path}: {msg}")
-    return "\n".join(lines)
+            parts.append(f"{path}: unknown key (check the spelling; `boneseg config` lists every key)")
+        else:
+            parts.append(f"{path}: {msg}, got {err['input']!r}" if "got" not in msg else f"{path}: {msg}")
+    return f"{source}: invalid settings: " + "; ".join(parts)
+
+
+def validated(model: type[BaseModel], raw: dict, source: str):
+    """`model` validated from `raw`; a ConfigError naming each wrong key otherwise."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
 
 
 def build_config(raw: dict, source: str = PARAMS_FILE) -> Config:
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from None
+    return validated(Config, raw, source)
 
 
 def load_config(

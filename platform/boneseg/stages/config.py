@@ -5,7 +5,7 @@ from boneseg.core.config import Config, to_yaml
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("config", help="print the resolved settings (params.yaml + experiment + --set)")
+    p = sub.add_parser("config")
     p.set_defaults(func=main)
 
 

@@ -1,4 +1,4 @@
-"""`boneseg correct`: the hand-correction round trip (`core.correct`).
+"""`boneseg correct`: the hand-correction round trip (`core.labelling.correct`).
 
     boneseg correct export CASE [--out DIR] [--proposal threshold|filled|vnet|unet]
     boneseg correct import CASE FILE
@@ -11,14 +11,13 @@ from boneseg.core.config import Config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("correct",
-                       help="hand corrections: export a case to ITK-SNAP / 3D Slicer, import the edit")
+    p = sub.add_parser("correct")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     e = actions.add_parser("export", help="write a workspace (CT, starting labels, label files, README)")
     e.add_argument("case", help="a case id, e.g. abd000")
     e.add_argument("--out", help="the workspaces' folder (default: data.annotate_dir)")
     e.add_argument("--proposal", choices=["threshold", "filled", "vnet", "unet"],
-                   help="the starting map (default: labels.proposal; unet: `boneseg propose --model`)")
+                   help="the starting map (default: labels.proposal; unet: `boneseg assist --model`)")
     e.add_argument("--force", action="store_true", help="replace an existing workspace (and any edits in it)")
     i = actions.add_parser("import", help="check an edited label map and store it as the case's correction")
     i.add_argument("case", help="a case id, e.g. abd000")
@@ -28,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.core.correct import export_case, import_correction
+    from boneseg.core.labelling.correct import export_case, import_correction
 
     if args.action == "export":
         folder, command = export_case(cfg, args.case, args.out, args.proposal, args.force)

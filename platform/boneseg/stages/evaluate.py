@@ -9,23 +9,22 @@ import argparse
 from pathlib import Path
 
 from boneseg.core.config import Config
-from boneseg.core.evaluation import evaluate_folder
 from boneseg.core.io import write_json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "evaluate", help="Dice/TP/FP/FN/volumes of label maps vs ground truth (file or folder)"
-    )
+    p = sub.add_parser("evaluate")
     p.add_argument("--pred", required=True, help="a label map or a folder of them")
     p.add_argument("--truth", required=True, help="the ground truth file or folder (matched by file name)")
     p.add_argument("--classes", default="all", choices=["all", "bone"],
                    help="bone: score bone only (single-class models' outputs)")
-    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--json", help="also write the full result to this JSON file (default: none)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.evaluation.validate import evaluate_folder
+
     res = evaluate_folder(Path(args.pred), Path(args.truth), args.classes)
     for r in res["metric_per_case"]:
         print(f"{r['case']:<16} " + "  ".join(f"{k} {v:.4f}" for k, v in r["dice"].items()))

@@ -10,9 +10,7 @@ from boneseg.core.config import Config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "import", help="import real CT (nifti, TotalSegmentator or DICOM series) under pseudonymous ids"
-    )
+    p = sub.add_parser("import")
     p.add_argument("--source", required=True, help="folder to import from")
     p.add_argument("--out", help="output folder (default: data.raw_dir, which a DVC project's raw stage "
                                  "owns: there, list the source in data.sources instead)")
@@ -30,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.core.importing import import_cohort
+    from boneseg.core.data.importing import import_cohort
     from boneseg.core.project import refuse_stage_output
 
     out = Path(args.out or cfg.data.raw_dir)

@@ -5,15 +5,16 @@ import argparse
 import json
 
 from boneseg.core.config import Config
-from boneseg.core.labelling import derive_labels, source_table, table
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("labels", help="derive label maps (threshold + marrow fill, corrections) and label QA")
+    p = sub.add_parser("labels")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.labelling.labels import derive_labels, source_table, table
+
     report = derive_labels(cfg)
     print(table(report["cases"]))
     print(source_table(report["total"]))

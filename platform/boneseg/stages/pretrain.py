@@ -4,17 +4,16 @@ from __future__ import annotations
 import argparse
 
 from boneseg.core.config import Config
-from boneseg.core.pretrain import pretrain
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "pretrain", help="pretrain the encoder on the thigh cohort (offline 'pretrained' cases)"
-    )
+    p = sub.add_parser("pretrain")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.engine.pretrain import pretrain
+
     r = pretrain(cfg)
     if r.get("skipped"):
         print(f"pretrain: {r['skipped']}: {r['weights']} holds no encoder; run the random variants, or give "

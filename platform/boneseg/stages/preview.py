@@ -5,14 +5,12 @@ import argparse
 from pathlib import Path
 
 from boneseg.core.config import Config
-from boneseg.core.nifti import load_ct, load_labels
-from boneseg.core.preview import find_case, histogram, render
 from boneseg.errors import DataError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("preview", help="write a PNG montage of a case or CT file (axial + coronal, labels)")
-    p.add_argument("case", metavar="CASE_OR_FILE")
+    p = sub.add_parser("preview")
+    p.add_argument("case", metavar="CASE_OR_FILE", help="a case id (e.g. abd000) or a CT .nii/.nii.gz")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--labels", help="label map to overlay (default: derived labels, else truth)")
     p.add_argument("--histogram", metavar="PNG", help="also write the HU histogram of each label class")
@@ -20,6 +18,9 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.imaging.nifti import load_ct, load_labels
+    from boneseg.core.reporting.preview import find_case, histogram, render
+
     ct_path, lab_path = find_case(args.case, cfg)
     if args.labels:
         lab_path = Path(args.labels)

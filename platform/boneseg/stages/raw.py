@@ -1,5 +1,5 @@
 """`boneseg raw`: the first pipeline stage, data/raw from data.sources (a lab's own CT) or,
-with none configured, the synthetic cohort (`core.raw`)."""
+with none configured, the synthetic cohort (`core.data.raw`)."""
 from __future__ import annotations
 
 import argparse
@@ -8,15 +8,14 @@ from boneseg.core.config import Config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("raw", help="the first stage: data/raw from data.sources (your CT), or the synthetic "
-                                   "cohort when none is set")
+    p = sub.add_parser("raw")
     p.add_argument("--force", action="store_true",
                    help="rebuild even if data/raw holds cases that no configured source gives (they go)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.core.raw import build_raw
+    from boneseg.core.data.raw import build_raw
 
     res = build_raw(cfg, force=args.force)
     for line in res["skipped"]:

@@ -6,16 +6,16 @@ import argparse
 from pathlib import Path
 
 from boneseg.core.config import Config
-from boneseg.core.labelling import source_table
-from boneseg.core.report import build_report, fmt
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="study-style figures, overlays and bootstrap CIs (results/report)")
+    p = sub.add_parser("report")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.labelling.labels import source_table
+    from boneseg.core.reporting.report import build_report, fmt
     from boneseg.tracking.sweep_runs import log_report
 
     rep = build_report(cfg)

@@ -2,7 +2,7 @@
 
 --model takes a checkpoint file or folder (results/model), `models:/boneseg/<version>`
 (or `@alias`), or an MLflow run id; `boneseg.tracking.registry` resolves it to files.
---input may also be a DICOM series folder (`core.dicomseg`): the output is then NIfTI, or
+--input may also be a DICOM series folder (`core.inference.dicomseg`): the output is then NIfTI, or
 with --output-format dicom-seg a DICOM-SEG that references the series.
 """
 from __future__ import annotations
@@ -12,14 +12,14 @@ import json
 from pathlib import Path
 
 from boneseg.core.config import Config
-from boneseg.core.inference import parse_folds, plan_outputs, segment_files
 from boneseg.errors import DataError
+from boneseg.stages.common import add_model_options, checkpoints
 
 
 def dicom_input(inp: Path) -> bool:
     """A folder without NIfTI files but with DICOM files: one series to segment."""
-    from boneseg.core.dicom import is_dicom_folder
-    from boneseg.core.nifti import is_nifti_name
+    from boneseg.core.imaging.dicom import is_dicom_folder
+    from boneseg.core.imaging.nifti import is_nifti_name
 
     return inp.is_dir() and not any(is_nifti_name(p) for p in inp.iterdir()) and is_dicom_folder(inp)
 
@@ -40,7 +40,7 @@ def check_outputs(outputs: list[Path], force: bool) -> None:
                         "Nothing was written. Pass --force to replace, or choose another --output.")
 
 
-def model_label(ref: str, checkpoints: list[Path]) -> str:
+def model_label(ref: str, files: list[Path]) -> str:
     """How a DICOM-SEG names its model: the registry name and version or alias, or an MLflow
     run, or (for files) their content hash; never a local path."""
     import hashlib
@@ -51,38 +51,34 @@ def model_label(ref: str, checkpoints: list[Path]) -> str:
     if re.fullmatch(r"[0-9a-f]{32}", ref):
         return f"mlflow run {ref}"
     h = hashlib.sha256()
-    for f in sorted(checkpoints):
+    for f in sorted(files):
         h.update(f.read_bytes())
     return f"checkpoints sha256:{h.hexdigest()[:16]}"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("segment", help="label maps for new CTs with trained fold models (ensembled)")
+    p = sub.add_parser("segment")
     p.add_argument("--input", required=True,
                    help="a CT .nii/.nii.gz, a folder of them, or a DICOM series folder")
     p.add_argument("--output", required=True, help="the label map file, or a folder (one file per input)")
     p.add_argument("--output-format", default="nifti", choices=["nifti", "dicom-seg"],
                    help="dicom-seg: a DICOM-SEG on the source series (DICOM input only)")
-    p.add_argument("--model", required=True,
-                   help="models:/boneseg/<version>, an MLflow run id, or a model.pt / folder of fold models")
-    p.add_argument("--folds", default="all", help="fold models to ensemble: all (default) or e.g. 0,1")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_model_options(p, required=True)
     p.add_argument("--classes", default="all", choices=["all", "bone"], help="bone: keep bone (1) only")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.tracking.registry import resolve_model
-    from boneseg.tracking.runs import tracking_uri
+    from boneseg.core.inference.predict import plan_outputs, segment_files
 
-    folds = parse_folds(args.folds)
+    folds = args.folds
     inp, out = Path(args.input), Path(args.output)
     dicom = dicom_input(inp)
     if dicom:  # bad paths fail before any model is fetched
         from pydicom.uid import generate_uid
 
-        from boneseg.core.dicomseg import plan_output, segment_series
+        from boneseg.core.inference.dicomseg import plan_output, segment_series
 
         seg_uid = generate_uid()  # the SEG's SeriesInstanceUID, and the default file name
         check_outputs([plan_output(inp, out, args.output_format, seg_uid)], args.force)
@@ -91,12 +87,12 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
                         "instances). Pass the series folder, or use --output-format nifti.")
     else:
         check_outputs([dst for _, dst in plan_outputs(inp, out)], args.force)
-    checkpoints = resolve_model(args.model, tracking_uri(cfg), cfg.tracking.registered_model or "boneseg")
+    files = checkpoints(args.model, cfg)
     if dicom:
-        res = segment_series(cfg, inp, out, checkpoints, folds, args.device, args.classes, args.output_format,
-                             model_label(args.model, checkpoints), seg_uid)
+        res = segment_series(cfg, inp, out, files, folds, args.device, args.classes, args.output_format,
+                             model_label(args.model, files), seg_uid)
     else:
-        res = segment_files(cfg, inp, out, checkpoints, folds, args.device, args.classes)
+        res = segment_files(cfg, inp, out, files, folds, args.device, args.classes)
     for r in res:
         print(f"segment: {r['output']}  {'x'.join(map(str, r['shape']))}  bone {r['bone_ml']} ml  "
               f"({r['seconds']:.1f} s)")

@@ -4,15 +4,16 @@ from __future__ import annotations
 import argparse
 
 from boneseg.core.config import Config
-from boneseg.core.slices import build_slices
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("slices", help="resample + window every case for 2.5-D input (data/slices)")
+    p = sub.add_parser("slices")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.data.slices import build_slices
+
     index = build_slices(cfg)
     n = sum(c["z"] for c in index["cases"].values())
     print(f"slices: {len(index['cases'])} cases, {n} slices at {index['image_size']}x{index['image_size']}, "

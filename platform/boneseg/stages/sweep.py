@@ -10,7 +10,7 @@ from boneseg.core.config import Config
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="run the variants x folds grid on Ray Tune, tracked in MLflow")
+    p = sub.add_parser("sweep")
     p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="require resuming an unfinished sweep")

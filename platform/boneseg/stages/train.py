@@ -5,12 +5,12 @@ import time
 
 from boneseg.core.config import VARIANTS, Config
 from boneseg.core.layout import load_qa
-from boneseg.core.metrics import nanmean
-from boneseg.core.training import fit, fold_cases
 
 
 def baselines(cfg: Config, cases: list[str]) -> dict:
     """Threshold-only and threshold+fill bone Dice of the same patients (from label QA)."""
+    from boneseg.core.evaluation.metrics import nanmean
+
     qa = load_qa(cfg.data.labels_dir)
     if not qa:
         return {}
@@ -47,19 +47,19 @@ class _Printer:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train + evaluate one (variant, fold) trial without Ray, tracked in MLflow"
-    )
+    p = sub.add_parser("train")
     p.add_argument(
         "--variant", required=True, choices=list(VARIANTS), help="one of the study's four settings"
     )
-    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--fold", type=int, default=0, help="the fold to train, 0 .. train.folds - 1")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
     p.set_defaults(func=main)
 
 
 def main(args, cfg: Config) -> int:
+    from boneseg.core.engine.training import fit, fold_cases
+
     callbacks: list = [_Printer()]
     tracker = None
     if not args.no_mlflow:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from boneseg.core.config import ENCODER_WEIGHT_NAMES, VARIANTS, Config
+from boneseg.core.evaluation.metrics import best_variant
 from boneseg.core.layout import load_index, load_splits
-from boneseg.core.metrics import best_variant
 from boneseg.errors import BonesegError, ConfigError
 from boneseg.sweep.results import TrialOutcome, collect, export, write_results
 from boneseg.sweep.storage import Storage
@@ -50,7 +50,7 @@ def grid(cfg: Config) -> tuple[list[str], list[int]]:
 
 def preflight(cfg: Config, variants: list[str]) -> list[str]:
     """Everything that would make all trials fail, as one line each (before any trial starts)."""
-    from boneseg.core.models import build_model
+    from boneseg.core.networks.models import build_model
     from boneseg.tracking.runs import unreachable
 
     problems = []

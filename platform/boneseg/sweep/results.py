@@ -4,7 +4,7 @@ row per validation case), results/trials (every trial's summary + history, read 
 `report`) and results/model (the best variant's fold models, `segment --model`); each trial folder also
 holds predictions/, its label maps of the cases it did not train on.
 
-Scores come from `core.metrics.variant_scores` over the trials' own summaries, never
+Scores come from `core.evaluation.metrics.variant_scores` over the trials' own summaries, never
 from the tracking store, so a tracking outage cannot change them.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 from boneseg.core.config import Config
+from boneseg.core.evaluation.metrics import variant_scores
 from boneseg.core.io import atomic_dir, atomic_write_text, write_json
 from boneseg.core.labelmap import LABEL_IDS
 from boneseg.core.layout import PREDICTIONS
-from boneseg.core.metrics import variant_scores
 
 MODEL_MANIFEST = "boneseg.json"
 FOLDS_COLUMNS = ["variant", "fold", "case", "bone_dice"]
@@ -56,7 +56,7 @@ def collect(outcomes: list[TrialOutcome], variants: list[str], folds: list[int])
 
 
 def write_results(cfg: Config, table: dict, rows: list, best: str | None) -> None:
-    """`best`: `core.metrics.best_variant(table)`, chosen once by the driver (None: no table)."""
+    """`best`: `core.evaluation.metrics.best_variant(table)`, chosen once by the driver (None: no table)."""
     metrics = {v: {k: round(x, 6) for k, x in s.items()} for v, s in table.items()}
     if best is not None:
         metrics["best_variant"] = best
@@ -83,7 +83,7 @@ def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sw
             (t / "summary.json").write_text(json.dumps(o.summary, indent=1, default=float) + "\n")
             if o.model_dir and (o.model_dir / "history.json").is_file():
                 shutil.copy2(o.model_dir / "history.json", t / "history.json")
-            if o.model_dir and (o.model_dir / PREDICTIONS).is_dir():  # out-of-fold maps (`core.assist`)
+            if o.model_dir and (o.model_dir / PREDICTIONS).is_dir():  # out-of-fold maps (labelling.assist)
                 shutil.copytree(o.model_dir / PREDICTIONS, t / PREDICTIONS)
             if o.variant == best and o.model_dir:
                 shutil.copy2(o.model_dir / "model.pt", models / f"fold{o.fold}.pt")

@@ -140,7 +140,7 @@ def trainable(config: dict) -> None:
     import ray
     from ray import tune
 
-    from boneseg.core.training import fit
+    from boneseg.core.engine.training import fit
 
     t0 = time.perf_counter()
     cfg = Config.model_validate(config["cfg"])

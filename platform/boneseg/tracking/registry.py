@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from boneseg.core.inference import find_checkpoints
+from boneseg.core.inference.predict import find_checkpoints
 from boneseg.errors import DataError
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")

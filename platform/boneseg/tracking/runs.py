@@ -4,7 +4,7 @@ one run per (variant, fold). Metric names are listed in docs/sweep.md.
 
 The tracking URI is MLFLOW_TRACKING_URI if set, else `tracking.uri` (default
 sqlite:///mlflow.db). Runs always end FINISHED or FAILED, never left RUNNING. MLflow
-only records: every score it holds was computed before (`core.metrics`).
+only records: every score it holds was computed before (`core.evaluation.metrics`).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Only the sweep's driver writes (one writer: no "database is locked" with sqlite,
 whatever the number of parallel trials), through `RetryingClient`: a server that is
 down or restarting is waited for, and nothing is lost or written twice. Runs are found
 again by tags, so a restarted driver or a retried trial continues the same runs instead
-of duplicating them. Every score logged here was computed by `core.metrics` from the
+of duplicating them. Every score logged here was computed by `core.evaluation.metrics` from the
 trials' results.
 """
 from __future__ import annotations

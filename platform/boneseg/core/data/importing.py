@@ -1,0 +1,300 @@
+"""`boneseg import`: bring real CT (and optional labels) into data/raw under pseudonymous ids.
+
+Three source layouts:
+- nifti:            DIR/images/<id>.nii(.gz) [+ DIR/labels/<id>.nii(.gz), ids per docs/architecture.md]
+- totalsegmentator: DIR/sXXXX/ct.nii.gz + DIR/sXXXX/segmentations/<class>.nii.gz (+ meta.csv)
+- dicom:            every CT series under DIR (nested folders, by SeriesInstanceUID; `core.imaging.dicom`),
+                    one case per series; localizers are skipped and listed
+
+Every case is validated before anything is written; one bad case stops the import with
+the output folder untouched (or, with --skip-invalid, is listed and left out). Case ids
+are keyed by content (`core.data.pseudonyms`); the map is written before any case folder
+appears, so a killed import never leaves a case the map does not know. Cases are staged
+beside the output (`staging_root`), where no case glob looks, and each moves into place
+by one rename; the next import clears a killed one's staging. One import per output
+folder at a time (flock). CTs are reoriented to the closest RAS+ order and written with
+fresh headers (no source header text).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from boneseg.core import project
+from boneseg.core.data.pseudonyms import assign_ids, content_key, load_id_map, save_id_map
+from boneseg.core.imaging.dicom import Series, read_series, scan_series
+from boneseg.core.imaging.nifti import (
+    MAX_VOXELS,
+    Volume,
+    load_ct,
+    load_labels,
+    save_volume,
+    strip_nifti_suffix,
+    to_canonical,
+    to_hu16,
+)
+from boneseg.core.io import atomic_write_text
+from boneseg.errors import DataError
+
+LAYOUTS = ("nifti", "totalsegmentator", "dicom")
+COHORTS = ("abdomen", "thigh")
+
+# TotalSegmentator class -> our label id (later entries win where masks overlap)
+TS_VESSELS = ("aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_left",
+              "iliac_artery_right", "iliac_vena_left", "iliac_vena_right")
+TS_BONE_PREFIXES = ("vertebrae_", "rib_", "femur_", "hip_", "humerus_", "scapula_", "clavicula_")
+TS_BONE_NAMES = ("sacrum", "sternum", "skull")
+
+
+def ts_label_id(name: str) -> int:
+    """Label id of a TotalSegmentator class name (0 = not one of our classes)."""
+    if name.startswith(TS_BONE_PREFIXES) or name in TS_BONE_NAMES:
+        return 1
+    if name.startswith("kidney_"):
+        return 2
+    if name in TS_VESSELS:
+        return 3
+    if name == "liver":
+        return 4
+    return 0
+
+
+@dataclass
+class SourceCase:
+    source_id: str  # never leaves this module except into the local id map
+    image: Path
+    labels: Path | None = None  # nifti layout
+    masks: dict[str, Path] = field(default_factory=dict)  # totalsegmentator layout
+    series: Series | None = None  # dicom layout
+
+
+def scan_nifti(src: Path) -> list[SourceCase]:
+    img_dir, lab_dir = src / "images", src / "labels"
+    if not img_dir.is_dir():
+        raise DataError(f"{src}: no images/ folder. The nifti layout is DIR/images/<id>.nii.gz "
+                        "with optional DIR/labels/<id>.nii.gz.")
+    images = {strip_nifti_suffix(p.name): p for p in sorted(img_dir.glob("*.nii*"))}
+    labels = (
+        {strip_nifti_suffix(p.name): p for p in sorted(lab_dir.glob("*.nii*"))} if lab_dir.is_dir() else {}
+    )
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise DataError(f"{lab_dir / labels[orphans[0]].name}: label map without its image "
+                        f"(expected {img_dir}/{orphans[0]}.nii.gz). Add the image or remove the label.")
+    return [SourceCase(k, v, labels.get(k)) for k, v in images.items()]
+
+
+def scan_totalsegmentator(src: Path) -> list[SourceCase]:
+    meta = src / "meta.csv"
+    listed = None
+    if meta.is_file():
+        with meta.open(newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter=";"))
+        if rows and "image_id" not in rows[0]:
+            raise DataError(f"{meta}: no image_id column (TotalSegmentator's meta.csv is ';'-separated).")
+        listed = {r["image_id"] for r in rows}
+    cases = []
+    for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if listed is not None and d.name not in listed:
+            continue
+        masks = {strip_nifti_suffix(p.name): p for p in sorted((d / "segmentations").glob("*.nii*"))}
+        cases.append(SourceCase(d.name, d / "ct.nii.gz", None, masks))
+    if not cases:
+        raise DataError(f"{src}: no sXXXX/ct.nii.gz cases found (TotalSegmentator layout).")
+    return cases
+
+
+def scan_dicom(src: Path, skip_invalid: bool = False) -> tuple[list[SourceCase], list[str]]:
+    """One case per CT series; localizers are left out and listed (by series number and folder),
+    and so are unreadable files with `skip_invalid` (else the first is refused)."""
+    found, unreadable = scan_series(src)
+    if unreadable and not skip_invalid:
+        raise DataError(f"{unreadable[0]} Nothing was imported (--skip-invalid imports the rest).")
+    skipped = [f"{s.name}: localizer (scout), not a CT volume" for s in found if s.localizer] + unreadable
+    cases = [SourceCase(f"dicom:{s.uid}", s.files[0], series=s) for s in found if not s.localizer]
+    if not cases:
+        raise DataError(f"{src}: no DICOM CT series found{' (only localizers)' if skipped else ''}. "
+                        "The dicom layout takes a folder with one or more series, in any nesting.")
+    return cases, skipped
+
+
+def merge_ts_masks(case: SourceCase, image: Volume) -> Volume | None:
+    """Fold the per-class masks into one label map (bone written last, so it wins)."""
+    if not case.masks:
+        return None
+    out = np.zeros(image.shape, dtype=np.uint8)
+    for lid in (4, 2, 3, 1):
+        for name, path in case.masks.items():
+            if ts_label_id(name) != lid:
+                continue
+            mask = load_labels(path, image, case.image, allowed=(0, 1))
+            out[mask.data > 0] = lid
+    return Volume(out, image.affine.copy())
+
+
+def read_case(case: SourceCase, layout: str, max_voxels: int = MAX_VOXELS) -> tuple[Volume, Volume | None]:
+    if layout == "dicom":
+        return read_series(case.series, max_voxels).volume, None
+    image = load_ct(case.image, max_voxels)
+    if layout == "nifti":
+        labels = load_labels(case.labels, image, case.image) if case.labels else None
+    else:
+        labels = merge_ts_masks(case, image)
+    return image, labels
+
+
+def case_name(case: SourceCase) -> str:
+    """How messages name a source case: its file id, or a DICOM series' number and folder (no UID)."""
+    return case.series.name if case.series is not None else case.source_id
+
+
+def refuse_or_skip(case: SourceCase, exc: DataError, skip_invalid: bool) -> str:
+    """The skipped line for an invalid case, or (without --skip-invalid) the refusal."""
+    why = str(exc).removeprefix(f"{case_name(case)}: ")  # DICOM messages name their series
+    if not skip_invalid:
+        raise DataError(f"case {case_name(case)} is invalid, nothing was imported: {why}\n"
+                        "Fix or remove it, or pass --skip-invalid to import the rest.") from None
+    return f"{case_name(case)}: {why}"
+
+
+# ct.nii.gz at gzip level 1: CT noise makes level 6 ~7x slower for ~1.5 % smaller files
+# (bench/dicom_import.py); still deterministic bytes (mtime 0), the same fresh header
+CT_GZIP_LEVEL = 1
+
+
+def stage_cases(cases, layout, staging: Path, skip_invalid: bool, max_voxels: int) -> tuple[list, list[str]]:
+    """Read and check each case once, writing the valid ones under staging/<n>/ (outside
+    the cohort folder and its case glob, so a refusal or a kill leaves the output as it was).
+    Returns ([(case, folder, content key)], skipped lines); a second copy of one CT is skipped."""
+    ok, skipped, seen = [], [], {}
+    for n, case in enumerate(cases):
+        try:
+            image, labels = read_case(case, layout, max_voxels)
+        except DataError as exc:
+            skipped.append(refuse_or_skip(case, exc, skip_invalid))
+            continue
+        image = Volume(to_hu16(image.data), image.affine)
+        image = to_canonical(image)
+        key = content_key(image)
+        if key in seen:
+            skipped.append(f"{case_name(case)}: the same CT as {seen[key]}, imported once")
+            continue
+        seen[key] = case_name(case)
+        d = staging / f"{n:05d}"
+        save_volume(image, d / "ct.nii.gz", CT_GZIP_LEVEL)
+        del image
+        if labels is not None:
+            save_volume(to_canonical(labels), d / "truth.nii.gz")
+        ok.append((case, d, key))
+    return ok, skipped
+
+
+def _same(a: Path, b: Path) -> bool:
+    names = lambda d: sorted(p.name for p in d.iterdir())  # noqa: E731
+    return names(a) == names(b) and all((a / n).read_bytes() == (b / n).read_bytes() for n in names(a))
+
+
+def place_cases(staged, layout: str, out: Path, cohort: str, ids: dict[str, str],
+                force: bool = False) -> tuple[list[Path], list[Path]]:
+    """Give each staged case its meta.json and move it into place under its pseudonym.
+    A case already there with the same files is left alone; with other files it is
+    replaced only with `force` (checked for every case before any is moved).
+    Returns (case folders written, case folders already up to date)."""
+    plan = []
+    for _case, d, key in staged:
+        cid = ids[key]
+        meta = {"case": cid, "cohort": cohort, "phase": "unknown", "source": f"import:{layout}"}
+        atomic_write_text(d / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        dst = out / cohort / cid
+        there = [p for p in out.glob(f"*/{cid}") if p.is_dir()] if out.is_dir() else []
+        same = dst.is_dir() and _same(d, dst)
+        if there and not same and not force:
+            raise DataError(f"{there[0]}: case {cid} exists with other data (its source's labels, cohort or "
+                            "layout changed). Nothing was imported. Pass --force to replace it "
+                            "(its corrections stay under its id).")
+        plan.append((d, dst, there, same))
+    written, unchanged = [], []
+    for d, dst, there, same in plan:
+        if same:
+            unchanged.append(dst)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        gone = [old.with_name(f".{old.name}.replaced") for old in there]  # --force: hidden, then deleted
+        for old, g in zip(there, gone):
+            os.replace(old, g)
+        os.replace(d, dst)  # a kill before this line leaves the old copy under its dot name, not half a case
+        for g in gone:
+            shutil.rmtree(g)
+        written.append(dst)
+    return written, unchanged
+
+
+def _has_imported_cases(out: Path) -> bool:
+    for meta in out.glob("*/*/meta.json"):
+        try:
+            if str(json.loads(meta.read_text()).get("source", "")).startswith("import:"):
+                return True
+        except (OSError, ValueError):
+            return True  # unreadable: assume a lab's case
+    return False
+
+
+def staging_root(out: Path) -> Path:
+    """<out's parent>/.<out name>.import-staging: beside the output (so a case moves into
+    place by rename) but outside it, where no case glob looks."""
+    return out.parent / f".{out.name}.import-staging"
+
+
+def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = "abdomen",
+                  skip_invalid: bool = False, id_map_path: Path | None = None, force: bool = False,
+                  max_voxels: int = MAX_VOXELS) -> ImportResult:
+    """Read, check and stage every case, then move them into place (each read once), under
+    the output folder's lock. Returns the folders written, those already up to date, and
+    the skipped reasons (for the terminal only: they name sources)."""
+    source, out = Path(source), Path(out)
+    if layout not in LAYOUTS:
+        raise DataError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}.")
+    if not source.is_dir():
+        raise DataError(f"{source}: source folder not found.")
+    listed = []
+    if layout == "dicom":
+        cases, listed = scan_dicom(source, skip_invalid)
+    else:
+        cases = scan_nifti(source) if layout == "nifti" else scan_totalsegmentator(source)
+    id_map_path = Path(id_map_path) if id_map_path else project.id_map_path(out)
+    with project.exclusive(out, project.lock_name("import", out), f"an import into {out}"):
+        id_map = load_id_map(id_map_path)
+        if not id_map_path.is_file() and out.is_dir() and _has_imported_cases(out):
+            raise DataError(f"{out}: holds imported cases, but the id map {id_map_path} is missing, so a new "
+                            "source could be given an existing case's id. Restore the map from your backup, "
+                            "or import into an empty folder.")
+        stage = staging_root(out)
+        shutil.rmtree(stage, ignore_errors=True)  # a killed import's leftovers (we hold the lock)
+        existed = out.exists()
+        try:
+            staged, skipped = stage_cases(cases, layout, stage / "cases", skip_invalid, max_voxels)
+            taken = {p.name for p in out.glob("*/*") if p.is_dir()} if existed else set()
+            ids = assign_ids([k for _, _, k in staged], id_map, taken)
+            if ids != id_map:  # the map first: a case folder never exists without its map entry
+                save_id_map(id_map_path, ids)
+            written, unchanged = place_cases(staged, layout, out, cohort, ids, force)
+        except BaseException:
+            if not existed:  # a refused import leaves no folder behind either
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return ImportResult(written, unchanged, listed + skipped)
+
+
+class ImportResult(NamedTuple):
+    written: list[Path]
+    unchanged: list[Path]
+    skipped: list[str]  # name sources: the terminal only, never files or logs

@@ -1,0 +1,1 @@
+"""Training: one (variant, fold) trial, augmentation, encoder pretraining."""

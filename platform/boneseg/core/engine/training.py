@@ -1,0 +1,263 @@
+"""One trial: `fit(cfg, variant, fold) -> TrialResult`, the unit the sweep multiplies.
+
+Used unchanged by `boneseg train` and by the Ray Tune trial adapter. Ray and MLflow stay
+outside: progress goes to `callbacks` (objects with optional on_start(info),
+on_epoch(epoch, metrics, checkpoint_path) and on_end(result)). The result carries its
+summary in memory; summary.json, history.json and model.pt are written for people and
+for `boneseg segment`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from boneseg.core.config import VARIANTS, Config, TrainConfig
+from boneseg.core.data.dataset import SliceDataset, make_loader
+from boneseg.core.data.device_data import DeviceSlices, use_device_data
+from boneseg.core.engine.augment import prepare_batch
+from boneseg.core.evaluation.validate import validate, write_predictions
+from boneseg.core.io import atomic_path, write_json
+from boneseg.core.labelmap import n_classes
+from boneseg.core.layout import PREDICTIONS, load_index, load_splits
+from boneseg.core.networks.losses import segmentation_loss
+from boneseg.core.networks.models import build_model
+from boneseg.core.networks.optim import backward_step, make_optim
+from boneseg.core.networks.runtime import (
+    amp_name,
+    grad_scaler,
+    place_model,
+    prepare_runtime,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    use_channels_last,
+)
+from boneseg.errors import ConfigError, DataError
+
+
+@dataclass
+class TrialResult:
+    variant: str
+    fold: int
+    bone_dice: float  # the fold score: mean over validation patients
+    test_bone_dice: float
+    summary: dict  # what summary.json holds: scores, per-case rows, test, preprocessing
+    history: list[dict]
+    out_dir: str  # summary.json, history.json, model.pt
+    weights: dict = field(default_factory=dict)
+    resumed_from_epoch: int = 0
+
+
+# ---------------------------------------------------------------- trial set-up
+def trial_fingerprint(cfg: Config, variant: str, fold: int) -> str:
+    """What a checkpoint must match to be resumed: the trial and every setting it reads."""
+    keys = {
+        "variant": variant,
+        "fold": fold,
+        "train": cfg.train.model_dump(exclude={"out_dir", "num_workers", "device", "data_on_device"}),
+        "model": cfg.model.model_dump(),
+        "data": {"image_size": cfg.data.image_size, "window": cfg.data.window},
+    }
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def trial_dir(cfg: Config, variant: str, fold: int) -> Path:
+    return Path(cfg.train.out_dir) / variant / f"fold{fold}"
+
+
+def fold_cases(cfg: Config, fold: int) -> tuple[list[str], list[str], list[str]]:
+    """(train, validation, test) case ids of cross-validation fold `fold`."""
+    splits = load_splits(cfg.data.splits_file)
+    if not 0 <= fold < len(splits["folds"]):
+        raise ConfigError(f"--fold {fold}: {cfg.data.splits_file} has folds 0..{len(splits['folds']) - 1}.")
+    f = splits["folds"][fold]
+    return f["train"], f["val"], splits["test"]
+
+
+def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, autocast: dict) -> dict:
+    model.train()
+    total, n, t0, skipped = 0.0, 0, time.perf_counter(), 0
+    for x, y in loader:
+        x, y = prepare_batch(x, y, tc, device, amp=autocast["enabled"])
+        with torch.autocast(**autocast):
+            logits = model(x)
+        loss = segmentation_loss(logits, y, tc.loss, tc.ce_weight)
+        skipped += backward_step(loss, opt, sched, scaler)
+        total += loss.detach().item() * x.shape[0]
+        n += x.shape[0]
+    secs = time.perf_counter() - t0
+    out = {"train_loss": total / max(n, 1), "images_per_s": n / max(secs, 1e-9), "train_seconds": secs,
+           "lr": float(sched.get_last_lr()[0])}
+    if scaler.is_enabled():  # fp16: steps the scaler skipped (inf/NaN gradients)
+        out["amp_skipped_steps"] = skipped
+    return out
+
+
+def validates(epoch: int, tc: TrainConfig) -> bool:
+    """Validation after every `train.val_every`-th epoch and always after the last one."""
+    return (epoch + 1) % tc.val_every == 0 or epoch == tc.epochs - 1
+
+
+def epoch_metrics(val: dict) -> dict:
+    m = {
+        "val_loss": val["loss"],
+        "val_bone_dice": val["bone_dice"],
+        "val_bone_dice_pooled": val["bone_dice_pooled"],
+    }
+    m.update({f"val_dice_{k}": v for k, v in val["dice"].items()})
+    return m
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, **state) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{path}: checkpoint of a trial with other settings. Pass --restart to start over, "
+                          "or another train.out_dir.")
+    return state
+
+
+def maybe_resume(path: Path, fingerprint: str, model, opt, sched, scaler) -> tuple[list[dict], int]:
+    """Restore every piece of training state from `path` if it exists: (history, next epoch)."""
+    state = load_checkpoint(path, fingerprint)
+    if not state:
+        return [], 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return state["history"], state["epoch"] + 1
+
+
+# ---------------------------------------------------------------- fit
+def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None, callbacks=(),
+        resume: bool = True) -> TrialResult:
+    """Train one (variant, fold) trial, evaluate it in 3-D, write summary.json; resume if possible."""
+    t_start = time.perf_counter()
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant {variant!r}: expected one of {list(VARIANTS)}")
+    classes, init = VARIANTS[variant]
+    tc = cfg.train
+    out = Path(out_dir) if out_dir else trial_dir(cfg, variant, fold)
+    train_cases, val_cases, test_cases = fold_cases(cfg, fold)
+    index = load_index(cfg.data.slices_dir)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device, autocast = prepare_runtime(tc)
+    seed_everything(tc.seed + fold)
+    model, weights = build_model(
+        n_classes(classes),
+        cfg.model.encoder_weights if init == "pretrained" else "none",
+        cfg.model.thigh_weights,
+    )
+    channels_last = use_channels_last(tc.channels_last, device)
+    place_model(model, device, channels_last)
+    ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
+    if len(ds) == 0:
+        raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
+    on_device = use_device_data(tc.data_on_device, ds, device)
+    slices = DeviceSlices.from_dataset(ds, device, channels_last) if on_device else None
+
+    def loader(epoch: int):  # the same batches either way (core/data/device_data.py)
+        if slices is not None:
+            return slices.batches(tc.batch_size, epoch, tc.seed)
+        return make_loader(ds, tc, epoch, tc.seed)
+
+    steps = len(loader(0))
+    opt, sched = make_optim(model, tc, steps, tc.epochs)
+    scaler = grad_scaler(autocast)
+    fingerprint = trial_fingerprint(cfg, variant, fold)
+    ckpt_path = out / "checkpoint.pt"
+    history, start = maybe_resume(ckpt_path, fingerprint, model, opt, sched, scaler) if resume else ([], 0)
+    info = {
+        "variant": variant,
+        "fold": fold,
+        "classes": classes,
+        "init": init,
+        "weights": weights,
+        "device": str(device),
+        "amp": amp_name(autocast),
+        "train_cases": train_cases,
+        "val_cases": val_cases,
+        "test_cases": test_cases,
+        "steps_per_epoch": steps,
+        "data_on_device": on_device,
+        "resumed_from_epoch": start,
+    }
+    for cb in callbacks:
+        getattr(cb, "on_start", lambda i: None)(info)
+    info["setup_seconds"] = time.perf_counter() - t_start
+    last_val = None  # (summary, rows, maps) of the model as it stands, if validated after its last epoch
+    for epoch in range(start, tc.epochs):
+        tr = train_epoch(model, loader(epoch), opt, sched, scaler, tc, device, autocast)
+        metrics, last_val = {"epoch": epoch, **tr}, None
+        if validates(epoch, tc):
+            t = time.perf_counter()
+            val, _, _ = last_val = validate(model, val_cases, cfg.data, tc, classes, device, autocast, index)
+            metrics.update(epoch_metrics(val), val_seconds=time.perf_counter() - t)
+        history.append(metrics)
+        save_checkpoint(ckpt_path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
+                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
+                        rng=rng_state(), history=history, info=info)
+        for cb in callbacks:
+            getattr(cb, "on_epoch", lambda *a: None)(epoch, metrics, ckpt_path)
+    result = finish(model, cfg, out, history, info, device, autocast, index, last_val)
+    for cb in callbacks:
+        getattr(cb, "on_end", lambda r: None)(result)
+    return result
+
+
+def finish(model, cfg: Config, out: Path, history: list, info: dict, device, autocast: dict, index: dict,
+           last_val=None) -> TrialResult:
+    """Final 3-D evaluation of validation and test patients -> summary.json + model.pt, and
+    every predicted label map in predictions/ (cases this model did not train on).
+    `last_val` is the last epoch's validation of this same model (None after a resume
+    that had no epoch left to train)."""
+    classes = info["classes"]
+    t0 = time.perf_counter()
+    val, val_rows, maps = last_val or validate(
+        model, info["val_cases"], cfg.data, cfg.train, classes, device, autocast, index
+    )
+    t1 = time.perf_counter()
+    test, test_rows, test_maps = (
+        validate(model, info["test_cases"], cfg.data, cfg.train, classes, device, autocast, index)
+        if info["test_cases"]
+        else ({"bone_dice": float("nan")}, [], {})
+    )
+    write_predictions(out / PREDICTIONS, {**maps, **test_maps})
+    timing = {"setup_s": info.get("setup_seconds", 0.0),
+              "train_s": sum(h.get("train_seconds", 0.0) for h in history),
+              "epoch_val_s": sum(h.get("val_seconds", 0.0) for h in history),
+              "final_val_s": t1 - t0, "test_s": time.perf_counter() - t1}
+    pre = {"image_size": index["image_size"], "window": index["window"]}
+    summary = {
+        "variant": info["variant"],
+        "fold": info["fold"],
+        "classes": classes,
+        "init": info["init"],
+        "weights": info["weights"],
+        "bone_dice": val["bone_dice"],
+        "mean": val,
+        "metric_per_case": val_rows,
+        "test": {"bone_dice": test["bone_dice"], "mean": test, "metric_per_case": test_rows},
+        "preprocessing": pre,
+        "timing": timing,  # seconds; the sweep adds its reporting time (docs/benchmarks.md)
+    }
+    write_json(out / "summary.json", summary)
+    write_json(out / "history.json", history)
+    save_checkpoint(out / "model.pt", model=model.state_dict(), classes=classes, variant=info["variant"],
+                    fold=info["fold"], preprocessing=pre, weights=info["weights"])
+    return TrialResult(info["variant"], info["fold"], val["bone_dice"], test["bone_dice"], summary, history,
+                       str(out), info["weights"], info["resumed_from_epoch"])

@@ -1,0 +1,1 @@
+"""Clinical image I/O: NIfTI and DICOM CT read with every header checked before data."""

@@ -1,0 +1,1 @@
+"""Trained models applied to CT: fold ensembles, label maps out, DICOM-SEG."""

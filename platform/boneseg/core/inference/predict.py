@@ -1,0 +1,207 @@
+"""Inference: batched 2.5-D prediction, fold-model ensembles, and whole CTs in any
+orientation to label maps on their own voxel grid.
+
+Per CT: reorient to the closest RAS+ order (lossless), window and resample in-plane
+exactly as training slices are (`preprocess.window_planes`), predict every 2.5-D slice
+with every fold model, average the softmax probabilities, resample them back to the
+CT's grid, argmax, undo the reorientation and write uint8 ids with the input's own
+affine, plus an ITK-SNAP label description file beside the outputs. Model references
+(registry, run ids) are resolved to checkpoint files by `boneseg.tracking.registry`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from boneseg.core.config import Config
+from boneseg.core.data.preprocess import resize_back, stack_25d, window_planes
+from boneseg.core.imaging.nifti import Volume, is_nifti_name, load_ct, save_volume
+from boneseg.core.io import atomic_write_text
+from boneseg.core.labelmap import LABEL_FILE, label_description, n_classes
+from boneseg.core.networks.models import build_model
+from boneseg.core.networks.runtime import place_model, prepare_runtime, use_channels_last
+from boneseg.errors import DataError
+
+
+@dataclass
+class FoldModel:
+    net: torch.nn.Module
+    classes: str  # "multi" | "single"
+    variant: str
+    fold: int
+    preprocessing: dict  # image_size, window
+
+
+@torch.no_grad()
+def predict_slices(model, image_zss: np.ndarray, device, autocast: dict, batch: int = 32,
+                   channels_last: bool = True) -> torch.Tensor:
+    """Logits (Z, K, S, S) float32 on the CPU for every slice of one case."""
+    model.eval()
+    x_all = torch.from_numpy(stack_25d(image_zss))  # (Z, 3, S, S)
+    outs = []
+    for i in range(0, x_all.shape[0], batch):
+        x = x_all[i:i + batch].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(**autocast):
+            outs.append(model(x).float().cpu())
+    return torch.cat(outs)
+
+
+def find_checkpoints(path: Path) -> list[Path]:
+    """A model.pt file, or the fold*.pt (else every model.pt) in a folder such as results/model."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(path.glob("fold*.pt")) or sorted(path.rglob("model.pt"))
+        if found:
+            return found
+        raise DataError(f"--model {path}: no fold*.pt or model.pt checkpoints in this folder.")
+    raise DataError(f"--model {path}: not found.")
+
+
+def read_model_file(path: Path) -> dict:
+    """A trial's model.pt (weights + classes + preprocessing), or a clear error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(
+            f"{path}: not a boneseg model checkpoint ({type(exc).__name__}). Pass a fold's model.pt."
+        ) from None
+    if not isinstance(state, dict) or not {"model", "classes", "preprocessing"} <= set(state):
+        raise DataError(f"{path}: not a boneseg model.pt (needs model, classes, preprocessing). A training "
+                        "checkpoint.pt holds optimiser state; use the trial's model.pt.")
+    return state
+
+
+def load_fold_models(paths: list[Path], device: torch.device, folds: list[int] | None = None,
+                     channels_last: bool | str = "auto") -> list[FoldModel]:
+    """The fold models of `paths` (only `folds`, if given) on `device`, for inference
+    (`channels_last` as `train.channels_last`: auto is channels_last there)."""
+    out, seen = [], []
+    for p in paths:
+        state = read_model_file(p)
+        seen.append(int(state.get("fold", -1)))
+        if folds is not None and seen[-1] not in folds:
+            continue
+        net, _ = build_model(n_classes(state["classes"]), "none")
+        net.load_state_dict(state["model"])
+        place_model(net, device, use_channels_last(channels_last, device, training=False)).eval()
+        out.append(FoldModel(net, state["classes"], state.get("variant", state.get("case", "?")), seen[-1],
+                             dict(state["preprocessing"])))
+    if not out:
+        raise DataError(f"--folds {folds}: none of the {len(paths)} fold models ({sorted(seen)}) matches.")
+    kinds = {(m.classes, m.preprocessing["image_size"], tuple(m.preprocessing["window"])) for m in out}
+    if len(kinds) > 1:
+        raise DataError(f"--model: the fold models differ in classes or preprocessing {sorted(kinds)}; "
+                        "an ensemble needs one kind. Pick them with --folds.")
+    return out
+
+
+def ensemble_probabilities(models: list[FoldModel], planes_zss: np.ndarray, device, autocast: dict,
+                           batch: int = 32, progress=None) -> np.ndarray:
+    """(Z, S, S) windowed slices -> (Z, K, S, S) float32: the mean over fold models of the
+    softmax probabilities."""
+    total = None
+    for m in models:
+        probs = predict_slices(m.net, planes_zss, device, autocast, batch).softmax(dim=1)
+        total = probs if total is None else total.add_(probs)
+        if progress is not None:
+            progress.update(1)
+    return (total / len(models)).numpy()
+
+
+def _orientations(affine: np.ndarray):
+    """(to RAS+, back to the file's order) as nibabel orientation transforms."""
+    ornt = nib.orientations.io_orientation(affine)
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
+    return ornt, back
+
+
+def segment_volume(models: list[FoldModel], ct: Volume, device, autocast: dict, classes: str = "all",
+                   batch: int = 32, chunk: int = 8, progress=None) -> np.ndarray:
+    """CT in any orientation -> uint8 label ids on exactly its voxel grid."""
+    to_ras, back = _orientations(ct.affine)
+    ras = nib.orientations.apply_orientation(ct.data, to_ras)  # (X, Y, Z) in RAS+ order
+    pre = models[0].preprocessing
+    planes = window_planes(np.asarray(ras, dtype=np.float32), int(pre["image_size"]), pre["window"])
+    probs = ensemble_probabilities(models, planes, device, autocast, batch, progress)  # (Z, K, S, S)
+    labels = np.empty(ras.shape, np.uint8)
+    for z in range(0, probs.shape[0], chunk):  # a few full-size planes at a time
+        labels[:, :, z:z + chunk] = resize_back(probs[z:z + chunk], ras.shape[:2]).argmax(axis=-1)
+    if classes == "bone":
+        labels[labels != 1] = 0
+    return np.ascontiguousarray(nib.orientations.apply_orientation(labels, back))
+
+
+def output_ids(models: list[FoldModel], classes: str) -> list[int]:
+    """The label ids a segmentation can hold: bone only (single-class models, --classes bone) or 1-4."""
+    return [1] if classes == "bone" or models[0].classes == "single" else [1, 2, 3, 4]
+
+
+def bone_ml(labels: np.ndarray, spacing) -> float:
+    """The bone volume of a label map in ml (voxel volume from its spacing in mm)."""
+    return round(int((labels == 1).sum()) * float(np.prod(spacing)) / 1000.0, 2)
+
+
+def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: FILE -> FILE (or into a folder), DIR -> DIR by file name."""
+    if inp.is_dir():
+        files = sorted(p for p in inp.iterdir() if p.is_file() and is_nifti_name(p))
+        if not files:
+            raise DataError(f"--input {inp}: no .nii/.nii.gz files in this folder.")
+        if is_nifti_name(out):
+            raise DataError(f"--output {out}: a folder input needs a folder output.")
+        pairs = [(p, out / p.name) for p in files]
+    elif inp.is_file():
+        if not is_nifti_name(inp):
+            raise DataError(f"--input {inp}: expected a .nii or .nii.gz file.")
+        pairs = [(inp, out if is_nifti_name(out) else out / inp.name)]
+    else:
+        raise DataError(f"--input {inp}: not found. Give a CT .nii/.nii.gz file or a folder of them.")
+    for src, dst in pairs:
+        if dst.resolve() == src.resolve():
+            raise DataError(f"--output {dst}: would overwrite its input CT. Choose another output path.")
+    return pairs
+
+
+def inference_setup(cfg: Config, checkpoints: list[Path], folds: list[int] | None, device: str):
+    """A `segment` run's settings, device, autocast and fold models (device: auto | cpu | cuda)."""
+    tc = cfg.train.model_copy(update={"device": device})
+    dev, autocast = prepare_runtime(tc)
+    return tc, dev, autocast, load_fold_models(checkpoints, dev, folds, tc.channels_last)
+
+
+def segment_files(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], folds: list[int] | None = None,
+                  device: str = "auto", classes: str = "all", progress: bool = True) -> list[dict]:
+    """Segment a CT file or folder with the fold models in `checkpoints` (ensembled)."""
+    pairs = plan_outputs(Path(inp), Path(out))
+    return segment_pairs(cfg, pairs, checkpoints, folds, device, classes, progress)
+
+
+def segment_pairs(cfg: Config, pairs: list[tuple[Path, Path]], checkpoints: list[Path],
+                  folds: list[int] | None = None, device: str = "auto", classes: str = "all",
+                  progress: bool = True) -> list[dict]:
+    """(CT, output) pairs -> label maps (one atomic file each) and the label description
+    file in every output folder."""
+    from tqdm import tqdm
+
+    tc, dev, autocast, models = inference_setup(cfg, checkpoints, folds, device)
+    results = []
+    for src, dst in pairs:
+        t0 = time.perf_counter()
+        ct = load_ct(src)
+        with tqdm(total=len(models), desc=dst.name, unit="model", disable=not progress, leave=False) as bar:
+            labels = segment_volume(models, ct, dev, autocast, classes, tc.eval_batch_size, progress=bar)
+        save_volume(Volume(labels, ct.affine), dst)
+        results.append({"output": str(dst), "shape": list(ct.shape), "seconds": time.perf_counter() - t0,
+                        "bone_ml": bone_ml(labels, ct.spacing)})
+    ids = output_ids(models, classes)
+    for folder in {dst.parent for _, dst in pairs}:
+        atomic_write_text(folder / LABEL_FILE, label_description(ids))
+    return results

@@ -1,0 +1,1 @@
+"""The labelling half: threshold labels, the V-Net's proposals, corrections, effort."""

@@ -1,0 +1,181 @@
+"""The study's "secondary mask": a 3-D V-Net (MONAI) learnt from the thigh cohort's
+threshold femur masks, applied to every abdominal CT (`boneseg propose`).
+
+- Inputs are resampled to `propose.spacing_mm` (trilinear CT, nearest mask) and windowed
+  to [0, 1] with `data.window`, as the slices are.
+- Training: random `propose.crop` crops (a share centred on a femur voxel), Dice + CE,
+  the U-Net's runtime (autocast, GradScaler, AdamW + OneCycle: `core.networks.runtime`,
+  `networks.optim`), `propose.val_cases` thigh CTs held out for the validation Dice.
+- Inference: `monai.inferers.sliding_window_inference` with `propose.window` (MONAI pads
+  a CT smaller than a window and crops back, so no side has to be a multiple of 16), the
+  bone probability resampled back onto the CT's own grid, thresholded at 0.5.
+
+The femur masks are the labels stage's own function (`labelling.bone_proposals`),
+computed here from data/raw, so the DAG has no cycle: raw -> propose -> labels.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from boneseg.core.config import Config
+from boneseg.core.evaluation.metrics import dice
+from boneseg.core.imaging.nifti import Volume, load_ct, to_nifti_bytes
+from boneseg.core.io import atomic_dir
+from boneseg.core.labelling.labels import bone_proposals
+from boneseg.core.layout import PROPOSE_SUMMARY, find_cases
+from boneseg.core.networks.losses import segmentation_loss
+from boneseg.core.networks.optim import backward_step, make_optim
+from boneseg.core.networks.runtime import (
+    grad_scaler,
+    place_model,
+    prepare_runtime,
+    seed_everything,
+)
+from boneseg.errors import DataError
+
+SUMMARY = PROPOSE_SUMMARY
+NO_THIGH = "no thigh CT to learn from"
+
+
+def build_vnet(dropout: float = 0.0):
+    from monai.networks.nets import VNet
+
+    p = dropout or None  # MONAI: None = no dropout layer (the up path's second one takes a float)
+    return VNet(spatial_dims=3, in_channels=1, out_channels=2, dropout_prob_down=p,
+                dropout_prob_up=(p, float(dropout)))
+
+
+def resample(vol: np.ndarray, spacing, target, mode: str) -> torch.Tensor:
+    """(X, Y, Z) -> (1, 1, X', Y', Z') float32 on `target` spacing."""
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(vol.shape, spacing, target)]
+    t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+
+
+def window(hu: torch.Tensor, lo_hi) -> torch.Tensor:
+    lo, hi = lo_hi
+    return ((hu - lo) / (hi - lo)).clamp_(0, 1)
+
+
+def thigh_volumes(cfg: Config, cases: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """Each thigh CT and its femur mask at the V-Net's spacing: (image, mask, case)."""
+    out = []
+    for c in cases:
+        ct = load_ct(c["ct"])
+        femur = bone_proposals(ct, "thigh", cfg.labels)["filled"]
+        img = window(resample(ct.data, ct.spacing, cfg.propose.spacing_mm, "trilinear"), cfg.data.window)
+        out.append((img, resample(femur, ct.spacing, cfg.propose.spacing_mm, "nearest"), c))
+    return out
+
+
+def random_crops(vols, crop, n: int, foreground: float, g: torch.Generator):
+    """n crops from random volumes: (n, 1, *crop) images, (n, *crop) int64 masks; a volume
+    smaller than the crop is padded (image 0 = below the window, mask 0)."""
+    xs, ys = [], []
+    for _ in range(n):
+        img, mask, _ = vols[int(torch.randint(len(vols), (1,), generator=g))]
+        pad = [p for d in reversed(range(3)) for p in (0, max(0, crop[d] - img.shape[2 + d]))]
+        img, mask = F.pad(img, pad), F.pad(mask, pad)
+        fg = torch.nonzero(mask[0, 0])
+        if len(fg) and torch.rand((), generator=g) < foreground:  # centred on a femur voxel
+            centre = fg[int(torch.randint(len(fg), (1,), generator=g))]
+            lo = [int(min(max(0, centre[d] - crop[d] // 2), img.shape[2 + d] - crop[d])) for d in range(3)]
+        else:
+            lo = [int(torch.randint(img.shape[2 + d] - crop[d] + 1, (1,), generator=g)) for d in range(3)]
+        sl = tuple(slice(lo[d], lo[d] + crop[d]) for d in range(3))
+        xs.append(img[(0, 0, *sl)])
+        ys.append(mask[(0, 0, *sl)])
+    return torch.stack(xs)[:, None], torch.stack(ys).long()
+
+
+def predict(model, ct: Volume, cfg: Config, device, autocast: dict) -> np.ndarray:
+    """The bone mask of one CT on its own grid, (X, Y, Z) bool."""
+    from monai.inferers import sliding_window_inference
+
+    pc = cfg.propose
+    img = window(resample(ct.data, ct.spacing, pc.spacing_mm, "trilinear"), cfg.data.window).to(device)
+    model.eval()
+    with torch.no_grad(), torch.autocast(**autocast):
+        logits = sliding_window_inference(img, list(pc.window), 2, model, overlap=pc.overlap)
+    prob = logits.float().softmax(1)[:, 1:2]
+    back = F.interpolate(prob, size=list(ct.shape), mode="trilinear", align_corners=False)
+    return back[0, 0].cpu().numpy() > 0.5
+
+
+def train_vnet(cfg: Config, train, device, autocast: dict):
+    pc = cfg.propose
+    # the U-Net's optimiser and schedule; fused AdamW (one kernel over the V-Net's 45.6 M parameters)
+    tc = cfg.train.model_copy(update={"lr": pc.lr, "batch_size": pc.batch_size, "channels_last": False,
+                                      "fused_optimizer": True})
+    model = place_model(build_vnet(pc.dropout), device, False)
+    opt, sched = make_optim(model, tc, pc.steps, 1)
+    scaler, g, losses = grad_scaler(autocast), torch.Generator().manual_seed(pc.seed), []
+    model.train()
+    for _ in range(pc.steps):
+        x, y = random_crops(train, pc.crop, pc.batch_size, pc.foreground, g)
+        with torch.autocast(**autocast):
+            logits = model(x.to(device))
+        loss = segmentation_loss(logits, y.to(device), "dice_ce")
+        backward_step(loss, opt, sched, scaler)
+        losses.append(float(loss.detach()))
+    return model, losses
+
+
+def propose(cfg: Config, progress: bool = True) -> dict:
+    """Train the V-Net on the thigh cohort, write data/proposals/<case>.nii.gz for every
+    abdominal CT and data/proposals/propose.json; returns that summary."""
+    from tqdm import tqdm
+
+    pc = cfg.propose
+    cases = find_cases(cfg.data.raw_dir)
+    thighs = [c for c in cases if c["cohort"] == "thigh"]
+    abdomen = [c for c in cases if c["cohort"] == "abdomen"]
+    if not thighs:  # a lab's abdominal cohort alone: labels start from threshold + fill
+        summary = {"skipped": NO_THIGH, "train_cases": 0, "abdominal_cases": len(abdomen)}
+        with atomic_dir(cfg.data.proposals_dir) as tmp:
+            (Path(tmp) / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+        return summary
+    if len(thighs) <= pc.val_cases:
+        raise DataError(f"{cfg.data.raw_dir}: {len(thighs)} thigh CTs, but propose.val_cases is "
+                        f"{pc.val_cases}: none left to train the V-Net. Add thigh CTs (data.synth.thigh) "
+                        "or lower propose.val_cases.")
+    device, autocast = prepare_runtime(cfg.train)
+    seed_everything(pc.seed)
+    val = thighs[:pc.val_cases]  # scored on their own grid below; only the rest is resampled for training
+    train = thigh_volumes(cfg, thighs[pc.val_cases:])
+    t0 = time.perf_counter()
+    model, losses = train_vnet(cfg, train, device, autocast)
+    train_s = time.perf_counter() - t0
+    val_dice = {}
+    for c in val:  # on the CT's own grid against its femur mask, as the labels stage makes it
+        ct = load_ct(c["ct"])
+        val_dice[c["case"]] = dice(predict(model, ct, cfg, device, autocast),
+                                   bone_proposals(ct, "thigh", cfg.labels)["filled"])
+    infer_s = {}
+    with atomic_dir(cfg.data.proposals_dir) as tmp:
+        for c in tqdm(abdomen, desc="propose", unit="CT", disable=not progress):
+            t1 = time.perf_counter()
+            ct = load_ct(c["ct"])
+            mask = predict(model, ct, cfg, device, autocast)
+            payload = to_nifti_bytes(mask.astype(np.uint8), ct.affine, gz=True)
+            (Path(tmp) / f"{c['case']}.nii.gz").write_bytes(payload)
+            infer_s[c["case"]] = round(time.perf_counter() - t1, 2)
+        summary = {
+            "train_cases": len(train), "val_cases": len(val), "steps": pc.steps, "crop": list(pc.crop),
+            "spacing_mm": list(pc.spacing_mm),
+            "train_loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
+            "val_dice": {k: round(v, 4) for k, v in val_dice.items()},
+            "val_dice_mean": round(float(np.nanmean(list(val_dice.values()))), 4),
+            "train_s": round(train_s, 1), "infer_s": infer_s,
+            "infer_s_mean": round(float(np.mean(list(infer_s.values()))), 2) if infer_s else None,
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        }
+        (Path(tmp) / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary

@@ -1,0 +1,39 @@
+"""What several commands share: the model options (`segment`, `assist`) and their parsing.
+Argument values are checked by argparse (`type=`), so a bad one is one usage line, exit 2."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from boneseg.core.config import Config
+
+MODEL_HELP = "models:/boneseg/<version> (or @alias), an MLflow run id, or a model.pt / folder of fold models"
+
+
+def folds_arg(text: str) -> list[int] | None:
+    """--folds: "all" (None) or fold numbers like "0,1"."""
+    if text == "all":
+        return None
+    try:
+        folds = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        folds = []
+    if not folds or folds[0] < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'all' or fold numbers like 0,1")
+    return folds
+
+
+def add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--model", required=required, help=MODEL_HELP)
+    p.add_argument("--folds", default="all", type=folds_arg,
+                   help="fold models to ensemble: all, or fold numbers like 0,1 (default: all)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the models run; auto: CUDA when present (default: auto)")
+
+
+def checkpoints(ref: str, cfg: Config) -> list[Path]:
+    """--model -> the fold models' files (local, or fetched from MLflow)."""
+    from boneseg.tracking.registry import resolve_model
+    from boneseg.tracking.runs import tracking_uri
+
+    return resolve_model(ref, tracking_uri(cfg), cfg.tracking.registered_model or "boneseg")
