@@ -65,7 +65,7 @@ def check_tree(uri, variants, n_folds):
         assert variant_run.data.tags["mlflow.parentRunId"] == parent
         folds = [r for r in runs["fold"] if r.data.tags["mlflow.parentRunId"] == variant_run.info.run_id]
         assert sorted(int(f.data.params["fold"]) for f in folds) == list(range(n_folds))
-        classes, init = VARIANTS[variant]
+        classes, init = VARIANTS[variant].classes, VARIANTS[variant].init
         for f in folds:
             assert (f.data.params["variant"], f.data.tags["variant"], f.data.params["classes"]) == \
                 (variant, variant, classes)

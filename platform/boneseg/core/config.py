@@ -17,18 +17,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from boneseg.core.vocabulary import VARIANTS, Cohort, Layout, ProposalSource
 from boneseg.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
 EXPERIMENTS_DIR = "experiments"
-# The study's four settings ("environments" in its text), each (classes, encoder init).
-# A "variant" is one of these; a "case" is one patient/image, as in nnU-Net and MONAI.
-VARIANTS = {
-    "multi-random": ("multi", "random"),
-    "single-random": ("single", "random"),
-    "multi-pretrained": ("multi", "pretrained"),
-    "single-pretrained": ("single", "pretrained"),
-}
 # A volume may hold at most this many voxels (512 x 512 x 1024: a whole-body CT at sub-mm
 # spacing; 1 GiB as float32): checked from NIfTI and DICOM headers before data is read.
 MAX_VOXELS = 512 * 512 * 1024
@@ -62,9 +55,10 @@ class SourceConfig(_Strict):
     """One folder of a lab's own CT that the `raw` stage imports (`boneseg import`'s layouts)."""
 
     path: str = Field(description="a folder under data.sources_dir (the raw stage's DVC dependency)")
-    layout: Literal["dicom", "nifti", "totalsegmentator"] = Field(
-        "dicom", description="dicom: series in any nesting; nifti: images/ (+ labels/); totalsegmentator")
-    cohort: Literal["abdomen", "thigh"] = "abdomen"
+    layout: Layout = Field(
+        Layout.DICOM,
+        description="dicom: series in any nesting; nifti: images/ (+ labels/); totalsegmentator")
+    cohort: Cohort = Cohort.ABDOMEN
     skip_invalid: bool = Field(False, description="import the valid cases and list the others (else one "
                                "bad case stops the stage)")
 
@@ -125,8 +119,8 @@ class LabelsConfig(_Strict):
     min_component_voxels: int = Field(30, ge=0, description="drop smaller 3-D components (noise)")
     component_min_mean_hu: float = Field(350.0, description="drop dim components (enhanced vessels)")
     closing_mm: float = Field(2.0, ge=0, description="in-plane closing radius before hole filling")
-    proposal: Literal["threshold", "filled", "vnet"] = Field(
-        "filled", description="the map an annotator starts from (`boneseg correct export`)")
+    proposal: Literal[ProposalSource.THRESHOLD, ProposalSource.FILLED, ProposalSource.VNET] = Field(
+        ProposalSource.FILLED, description="the map an annotator starts from (`boneseg correct export`)")
 
 
 class SplitsConfig(_Strict):

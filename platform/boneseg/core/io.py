@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,10 +12,21 @@ from typing import Iterator
 
 import numpy as np
 
-# The process's umask, read once at import (reading it means setting it, which would race
-# with threads that create files later): finished files get the usual 0o666 & ~umask.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+
+def _create_beside(path: Path, mode: int | None) -> Path:
+    """A new, empty temporary file beside `path`, created exclusively. Without `mode` the
+    kernel applies the umask to 0o666, as for any new file (the umask is never read, since
+    reading it means setting it, which races with other threads)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            os.fchmod(fd, mode)
+        os.close(fd)
+        return tmp
 
 
 @contextlib.contextmanager
@@ -23,10 +35,7 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
     The file gets `mode` (default: 0o666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_UMASK if mode is None else mode)  # mkstemp makes 0600
+    tmp = _create_beside(path, mode)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from boneseg.core.vocabulary import Cohort, parse
 from boneseg.errors import DataError
 
 SLICE_INDEX = "index.json"
@@ -37,6 +38,7 @@ def find_cases(raw_dir: str | Path) -> list[dict]:
         meta_path = ct.with_name("meta.json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         truth = ct.with_name("truth.nii.gz")
+        parse(Cohort, ct.parent.parent.name, str(ct.parent.parent))  # an unknown cohort folder is refused
         cases.append({"case": ct.parent.name, "cohort": ct.parent.parent.name, "ct": ct,
                       "truth": truth if truth.is_file() else None, "phase": meta.get("phase", "unknown")})
     if not cases:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from boneseg.core.config import Config
+from boneseg.core.vocabulary import ProposalSource
 
 
 def add_parser(sub) -> None:
@@ -16,7 +17,7 @@ def add_parser(sub) -> None:
     e = actions.add_parser("export", help="write a workspace (CT, starting labels, label files, README)")
     e.add_argument("case", help="a case id, e.g. abd000")
     e.add_argument("--out", help="the workspaces' folder (default: data.annotate_dir)")
-    e.add_argument("--proposal", choices=["threshold", "filled", "vnet", "unet"],
+    e.add_argument("--proposal", choices=[m.value for m in ProposalSource],
                    help="the starting map (default: labels.proposal; unet: `boneseg assist --model`)")
     e.add_argument("--force", action="store_true", help="replace an existing workspace (and any edits in it)")
     i = actions.add_parser("import", help="check an edited label map and store it as the case's correction")

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from boneseg.core.config import Config
+from boneseg.core.vocabulary import Cohort, Layout
 
 
 def add_parser(sub) -> None:
@@ -14,10 +15,10 @@ def add_parser(sub) -> None:
     p.add_argument("--source", required=True, help="folder to import from")
     p.add_argument("--out", help="output folder (default: data.raw_dir, which a DVC project's raw stage "
                                  "owns: there, list the source in data.sources instead)")
-    p.add_argument("--layout", choices=("nifti", "totalsegmentator", "dicom"), default="nifti",
+    p.add_argument("--layout", choices=[m.value for m in Layout], default="nifti",
                    help="nifti: images/ (+ labels/); totalsegmentator: sXXXX/ct.nii.gz; dicom: series in any "
                         "nesting (default: %(default)s)")
-    p.add_argument("--cohort", choices=("abdomen", "thigh"), default="abdomen",
+    p.add_argument("--cohort", choices=[m.value for m in Cohort], default="abdomen",
                    help="abdominal CTs (trained and scored) or thigh CTs (femur masks) "
                         "(default: %(default)s)")
     p.add_argument("--skip-invalid", action="store_true", help="import the valid cases, list the others")

@@ -7,6 +7,7 @@ resume point, see sweep.trial); a killed driver is resumed by running the same c
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,9 +24,21 @@ from boneseg.sweep.results import TrialOutcome, collect, export, write_results
 from boneseg.sweep.storage import Storage
 from boneseg.sweep.tracker import Tracker, log
 
-# read by Ray when the driver starts it: only the legacy reporter honours verbose=0 (no
-# boxed tables; the Tracker prints one line per event)
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# read by Ray while the sweep runs: only the legacy reporter honours verbose=0 (no boxed
+# tables; the Tracker prints one line per event). Set for the sweep alone (`scoped_env`).
+RAY_ENV = {"RAY_AIR_NEW_OUTPUT": "0"}
+
+
+@contextlib.contextmanager
+def scoped_env(values: dict[str, str]):
+    """Environment variables that the user has not set, set for the block only."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 def absolute_config(cfg: Config) -> Config:
     """Paths made absolute, so trials read the same files whatever their working directory."""
@@ -61,7 +74,7 @@ def preflight(cfg: Config, variants: list[str]) -> list[str]:
                             f"{cfg.data.image_size}; run `dvc repro slices`.")
     except BonesegError as exc:
         problems.append(f"data: {exc}")
-    if any(VARIANTS[v][1] == "pretrained" for v in variants):
+    if any(VARIANTS[v].pretrained for v in variants):
         try:
             build_model(2, cfg.model.encoder_weights, cfg.model.thigh_weights)
         except BonesegError as exc:
@@ -95,22 +108,20 @@ def grid_fingerprint(cfg: Config, variants, folds) -> str:
     ).hexdigest()[:12]
 
 
-def auth_env_for(address: str | None) -> None:
+def auth_env_for(address: str | None) -> dict[str, str]:
     """Ray 2.59+ protects clusters with a token. A local ray.init() makes and uses one by
     itself; to join a `ray start` cluster the driver needs RAY_AUTH_MODE=token and the
     cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)."""
     if not address or "RAY_AUTH_MODE" in os.environ:
-        return
+        return {}
     has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
         Path("~/.ray/auth_token").expanduser().is_file()
-    if has_token:
-        os.environ["RAY_AUTH_MODE"] = "token"
+    return {"RAY_AUTH_MODE": "token"} if has_token else {}
 
 
 def connect(address: str | None) -> None:
     import ray
 
-    auth_env_for(address)
     # keep the driver's output readable: Ray's own logs go to its session folder
     ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True,
              logging_level="WARNING")
@@ -133,12 +144,14 @@ def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> di
         raise ConfigError(f"--resume: no unfinished sweep with these settings under {where}.")
     threads = max(1, int(cfg.sweep.cpus_per_trial))
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
-    connect(address or os.environ.get("RAY_ADDRESS"))
-    try:
-        check_resources(cfg)
-        return _run(cfg, variants, folds, storage, fingerprint, exp_name)
-    finally:
-        ray.shutdown()
+    address = address or os.environ.get("RAY_ADDRESS")
+    with scoped_env({**RAY_ENV, **auth_env_for(address)}):
+        connect(address)
+        try:
+            check_resources(cfg)
+            return _run(cfg, variants, folds, storage, fingerprint, exp_name)
+        finally:
+            ray.shutdown()
 
 
 def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_name: str | None):

@@ -113,7 +113,7 @@ class Tracker(tune.Callback):
             if gpus and not str(result.get("device", "")).startswith("cuda"):  # said once per trial
                 log(f"note    {variant}/fold{fold}: Ray gave it {gpus:g} GPU but it sees no CUDA device; "
                     "it runs on CPU")
-            classes, init = VARIANTS[variant]
+            classes, init = VARIANTS[variant].classes, VARIANTS[variant].init
             self.runs.start_fold(rid, {"variant": variant, "fold": fold, "classes": classes, "init": init,
                                        "device": result.get("device", "?"), "amp": result.get("amp", "?"),
                                        "weights": {"source": result.get("weights_source", "?")}})

@@ -67,27 +67,33 @@ def experiment_id(client, name: str) -> str:
 
 def unreachable(cfg: Config) -> str | None:
     """None if the tracking store answers, else one line saying why and what to fix;
-    fails in seconds, not after MLflow's minutes of HTTP retries."""
+    fails in seconds, not after MLflow's minutes of HTTP retries (a server is asked once,
+    with a 5 s timeout, through MLflow's own request function and credentials)."""
     import mlflow
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    uri = tracking_uri(cfg)
     try:
-        mlflow.MlflowClient(tracking_uri(cfg)).search_experiments(max_results=1)
+        if uri.startswith(("http://", "https://")):
+            from mlflow.utils.credentials import get_default_host_creds
+            from mlflow.utils.rest_utils import http_request
+
+            resp = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "POST",
+                                max_retries=0, timeout=5, json={"max_results": 1})
+            if resp.status_code in (401, 403):
+                user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+                who = f"user {user!r}" if user else "none given"
+                return (f"{uri} refused the credentials ({resp.status_code}, {who}). "
+                        "Set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (a team stack writes "
+                        "them to infra/team/state/client.env).")
+            if resp.status_code >= 400:
+                return (f"{uri} answered HTTP {resp.status_code} to an experiment search. Check that "
+                        "it is an MLflow server, or fix MLFLOW_TRACKING_URI / tracking.uri.")
+            return None
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
         return None
     except Exception as exc:  # any failure to reach the store
-        text = str(exc)
-        if "error code 401" in text or "error code 403" in text:
-            code = "401" if "error code 401" in text else "403"
-            user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-            return (f"{tracking_uri(cfg)} refused the credentials ({code}"
-                    f"{', user ' + repr(user) if user else ', none given'}). Set MLFLOW_TRACKING_USERNAME / "
-                    "MLFLOW_TRACKING_PASSWORD (a team stack writes them to infra/team/state/client.env).")
-        return (f"{tracking_uri(cfg)} not reachable ({type(exc).__name__}: {text[:200]}). "
+        return (f"{uri} not reachable ({type(exc).__name__}: {str(exc)[:200]}). "
                 "Start the server or fix MLFLOW_TRACKING_URI / tracking.uri.")
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def git_tags() -> dict[str, str]:

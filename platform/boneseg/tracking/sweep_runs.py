@@ -63,7 +63,7 @@ class SweepRuns:
         if (variant,) not in self._ids:
             rid = self._find(level="variant", variant=variant)
             if rid is None:
-                classes, init = VARIANTS[variant]
+                classes, init = VARIANTS[variant].classes, VARIANTS[variant].init
                 rid = self.client.create_run(self.exp_id, run_name=variant, tags={
                     "mlflow.parentRunId": self.parent, "sweep_id": self.parent, "level": "variant",
                     "variant": variant, "classes": classes, "init": init}).info.run_id

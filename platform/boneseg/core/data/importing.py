@@ -41,10 +41,8 @@ from boneseg.core.imaging.nifti import (
     to_hu16,
 )
 from boneseg.core.io import atomic_write_text
+from boneseg.core.vocabulary import Cohort, Layout, parse
 from boneseg.errors import DataError
-
-LAYOUTS = ("nifti", "totalsegmentator", "dicom")
-COHORTS = ("abdomen", "thigh")
 
 # TotalSegmentator class -> our label id (later entries win where masks overlap)
 TS_VESSELS = ("aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_left",
@@ -143,10 +141,12 @@ def read_case(case: SourceCase, layout: str, max_voxels: int = MAX_VOXELS) -> tu
     if layout == "dicom":
         return read_series(case.series, max_voxels).volume, None
     image = load_ct(case.image, max_voxels)
-    if layout == "nifti":
+    if layout == Layout.NIFTI:
         labels = load_labels(case.labels, image, case.image) if case.labels else None
-    else:
+    elif layout == Layout.TOTALSEGMENTATOR:
         labels = merge_ts_masks(case, image)
+    else:
+        raise DataError(f"layout {layout!r}: expected one of {', '.join(Layout)}.")
     return image, labels
 
 
@@ -259,15 +259,15 @@ def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = 
     the output folder's lock. Returns the folders written, those already up to date, and
     the skipped reasons (for the terminal only: they name sources)."""
     source, out = Path(source), Path(out)
-    if layout not in LAYOUTS:
-        raise DataError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}.")
+    layout = parse(Layout, layout, "layout")
+    parse(Cohort, cohort, "cohort")
     if not source.is_dir():
         raise DataError(f"{source}: source folder not found.")
     listed = []
     if layout == "dicom":
         cases, listed = scan_dicom(source, skip_invalid)
     else:
-        cases = scan_nifti(source) if layout == "nifti" else scan_totalsegmentator(source)
+        cases = {Layout.NIFTI: scan_nifti, Layout.TOTALSEGMENTATOR: scan_totalsegmentator}[layout](source)
     id_map_path = Path(id_map_path) if id_map_path else project.id_map_path(out)
     with project.exclusive(out, project.lock_name("import", out), f"an import into {out}"):
         id_map = load_id_map(id_map_path)

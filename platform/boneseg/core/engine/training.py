@@ -29,6 +29,7 @@ from boneseg.core.networks.models import build_model
 from boneseg.core.networks.optim import backward_step, make_optim
 from boneseg.core.networks.runtime import (
     amp_name,
+    deterministic,
     grad_scaler,
     place_model,
     prepare_runtime,
@@ -145,16 +146,21 @@ def maybe_resume(path: Path, fingerprint: str, model, opt, sched, scaler) -> tup
 # ---------------------------------------------------------------- fit
 def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None, callbacks=(),
         resume: bool = True) -> TrialResult:
-    """Train one (variant, fold) trial, evaluate it in 3-D, write summary.json; resume if possible."""
+    """Train one (variant, fold) trial, evaluate it in 3-D, write summary.json; resume if possible.
+    torch's deterministic algorithms are on for the trial and as they were afterwards."""
+    with deterministic():
+        return _fit(cfg, variant, fold, out_dir, callbacks, resume)
+
+
+def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool) -> TrialResult:
     t_start = time.perf_counter()
     if variant not in VARIANTS:
         raise ConfigError(f"variant {variant!r}: expected one of {list(VARIANTS)}")
-    classes, init = VARIANTS[variant]
+    classes, init = VARIANTS[variant].classes, VARIANTS[variant].init
     tc = cfg.train
     out = Path(out_dir) if out_dir else trial_dir(cfg, variant, fold)
     train_cases, val_cases, test_cases = fold_cases(cfg, fold)
     index = load_index(cfg.data.slices_dir)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     device, autocast = prepare_runtime(tc)
     seed_everything(tc.seed + fold)
     model, weights = build_model(

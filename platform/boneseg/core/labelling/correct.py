@@ -116,7 +116,7 @@ def import_correction(cfg: Config, case_id: str, edited: str | Path, force: bool
     the record written beside it (with the effort against the proposal it started from).
     An existing correction is replaced only with `force`; one import at a time (flock)."""
     if not Path(edited).is_file():
-        raise DataError(f"{edited}: no such file. Pass the label map that ITK-SNAP or 3D Slicer saved "
+        raise DataError(f"{edited}: file not found. Pass the label map that ITK-SNAP or 3D Slicer saved "
                         "(e.g. the workspace's start.nii.gz after editing).")
     corrections = Path(cfg.data.corrections_dir)
     with project.exclusive(corrections, project.lock_name("correct", corrections),

@@ -28,6 +28,7 @@ from boneseg.core.imaging.nifti import Volume, load_ct, load_labels, save_volume
 from boneseg.core.io import write_json
 from boneseg.core.labelling.effort import effort, proposal_qa
 from boneseg.core.layout import PROPOSE_SUMMARY, QA_FILE, correction_path, find_cases, label_path
+from boneseg.core.vocabulary import Cohort, parse
 from boneseg.errors import DataError
 
 
@@ -55,7 +56,7 @@ def fill_marrow(hu: np.ndarray, spacing, threshold_hu: float, cfg: LabelsConfig)
 def bone_proposals(ct: Volume, cohort: str, cfg: LabelsConfig) -> dict[str, np.ndarray]:
     """The threshold proposals of one CT: {"threshold": HU >= the cohort's level,
     "filled": that + component cleaning, closing and marrow fill}, (X, Y, Z) bool."""
-    level = getattr(cfg.threshold_hu, cohort, cfg.threshold_hu.abdomen)
+    level = getattr(cfg.threshold_hu, parse(Cohort, cohort, "the case's cohort").value)
     return {"threshold": ct.data >= level, "filled": fill_marrow(ct.data, ct.spacing, level, cfg)}
 
 

@@ -2,6 +2,7 @@
 seeds and the RNG state that checkpoints carry. One path for CPU and CUDA."""
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 
@@ -106,3 +107,16 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def deterministic():
+    """torch's deterministic algorithms (warn-only) inside the block, and afterwards as
+    they were: a trial is reproducible without changing the rest of the process."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
