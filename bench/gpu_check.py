@@ -58,30 +58,26 @@ def one_step_rate(dev, x0, y, amp: str, cl: bool, comp: bool, steps: int) -> dic
     from boneseg.core.config import TrainConfig
     from boneseg.core.networks.losses import segmentation_loss
     from boneseg.core.networks.models import build_model
-    from boneseg.core.networks.optim import make_optim
-    from boneseg.core.networks.runtime import autocast_args, grad_scaler, scaled_step
+    from boneseg.core.networks.optim import Stepper
+    from boneseg.core.networks.runtime import Runtime
 
     torch.manual_seed(0)
     tc = TrainConfig(amp=amp, channels_last=cl)
-    auto = autocast_args(tc, dev)
+    rt = Runtime.on(dev, tc)
     net, _ = build_model(5, "none")
     net.to(dev)
     if cl:
         net.to(memory_format=torch.channels_last)
-    opt, sched = make_optim(net, tc, steps + 3, 1)
-    scaler = grad_scaler(auto)
+    stepper = Stepper.build(net, tc, steps + 3, 1, rt)
     model = torch.compile(net) if comp else net
     x = x0.contiguous(memory_format=torch.channels_last) if cl else x0
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def step():
-        with torch.autocast(**auto):
+        with rt.autocast():
             logits = model(x)
-        loss = segmentation_loss(logits, y, "dice", 1.0)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaled_step(opt, sched, scaler)
+        stepper.step(segmentation_loss(logits, y, "dice", 1.0))
 
     t0 = time.perf_counter()
     step()

@@ -27,16 +27,16 @@ import torch
 from boneseg.core.config import Config
 from boneseg.core.imaging.nifti import load_ct
 from boneseg.core.labelling.vnet import build_vnet, predict
-from boneseg.core.networks.runtime import prepare_runtime
+from boneseg.core.networks.runtime import Runtime
 cfg = Config.model_validate(json.loads(sys.argv[1]))
 torch.manual_seed(0)
-device, autocast = prepare_runtime(cfg.train)
-model = build_vnet(cfg.propose.dropout).to(device)
+rt = Runtime.of(cfg.train)
+model = build_vnet(cfg.propose.dropout).to(rt.device)
 ct = load_ct(sys.argv[2])
 gib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 before = gib()
 t = time.perf_counter()
-mask = predict(model, ct, cfg, device, autocast)
+mask = predict(model, ct, cfg, rt)
 print(json.dumps({"seconds": time.perf_counter() - t, "shape": list(ct.shape), "spacing": list(ct.spacing),
                   "before_gib": before, "peak_gib": gib(), "mask_ok": list(mask.shape) == list(ct.shape)}))
 """

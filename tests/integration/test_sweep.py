@@ -214,6 +214,8 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     best_rows = {r[2] for r in rows if r[0] == metrics["best_variant"]}
     assert [o["kind"] for o in saved["overlays"]] == ["best", "worst"]
     assert {o["case"] for o in saved["overlays"]} <= best_rows
+    for o in saved["overlays"]:  # the figure draws the very map that was scored: its counts give the Dice
+        assert 2 * o["tp"] / (2 * o["tp"] + o["fp"] + o["fn"]) == pytest.approx(o["dice"], abs=1e-6)
     assert "report/index.html" in {a.path for a in client.list_artifacts(parent_id, "report")}
     effort = saved["labelling_effort"]  # the U-Net's out-of-fold proposals beside the labels QA's
     assert effort["unet_variants"] == {"unet": "multi-random", "unet-bone": "single-random"}

@@ -1,5 +1,6 @@
-"""The AMP path, run on CPU with a tiny model: the same code (`runtime.autocast_args`,
-`runtime.grad_scaler`, `training.train_epoch`, checkpoints) that serves CUDA."""
+"""The AMP path, run on CPU with a tiny model: the same code (`runtime.Runtime`, its
+autocast and GradScaler, `optim.Stepper`, `training.train_epoch`, checkpoints) that
+serves CUDA."""
 import warnings
 
 import numpy as np
@@ -10,8 +11,8 @@ from boneseg.core.config import TrainConfig
 from boneseg.core.engine.augment import prepare_batch
 from boneseg.core.engine.training import maybe_resume, save_checkpoint, train_epoch
 from boneseg.core.inference.predict import predict_slices
-from boneseg.core.networks.optim import make_optim
-from boneseg.core.networks.runtime import amp_name, autocast_args, grad_scaler, use_channels_last
+from boneseg.core.networks.optim import Stepper
+from boneseg.core.networks.runtime import Runtime, use_channels_last
 
 CPU = torch.device("cpu")
 
@@ -39,30 +40,32 @@ def cfg(amp: str) -> TrainConfig:
 
 def setup(amp: str, seed=0, epochs=6, n_batches=4):
     tc = cfg(amp).model_copy(update={"epochs": epochs})
-    autocast = autocast_args(tc, CPU)
+    rt = Runtime.on(CPU, tc)
     model = tiny_net(seed)
-    opt, sched = make_optim(model, tc, n_batches, epochs)
-    return tc, autocast, model, opt, sched, grad_scaler(autocast)
+    stepper = Stepper.build(model, tc, n_batches, epochs, rt)
+    return tc, rt, model, stepper, stepper.opt, stepper.sched, stepper.scaler
 
 
 def test_explicit_amp_is_honoured_on_cpu_and_auto_keeps_fp32():
-    fp16, bf16 = autocast_args(cfg("fp16"), CPU), autocast_args(cfg("bf16"), CPU)
-    assert fp16 == {"device_type": "cpu", "dtype": torch.float16, "enabled": True}
-    assert bf16 == {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": True}
-    assert not autocast_args(cfg("auto"), CPU)["enabled"] and not autocast_args(cfg("off"), CPU)["enabled"]
-    assert (amp_name(fp16), amp_name(bf16), amp_name(autocast_args(cfg("auto"), CPU))) == \
-        ("float16", "bfloat16", "fp32")
-    scaler = grad_scaler(fp16)
+    fp16, bf16 = Runtime.on(CPU, cfg("fp16")), Runtime.on(CPU, cfg("bf16"))
+    assert (fp16.device, fp16.dtype, bf16.dtype) == (CPU, torch.float16, torch.bfloat16)
+    with fp16.autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16
+    assert Runtime.on(CPU, cfg("auto")).dtype is None and Runtime.on(CPU, cfg("off")).dtype is None
+    with Runtime.on(CPU, cfg("auto")).autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    assert (fp16.amp, bf16.amp, Runtime.on(CPU, cfg("auto")).amp) == ("float16", "bfloat16", "fp32")
+    scaler = fp16.grad_scaler()
     assert scaler.is_enabled() and scaler._device == "cpu"
-    assert not grad_scaler(bf16).is_enabled()  # bf16 has fp32's range: no loss scaling
-    assert not grad_scaler(autocast_args(cfg("auto"), CPU)).is_enabled()
+    assert not bf16.grad_scaler().is_enabled()  # bf16 has fp32's range: no loss scaling
+    assert not Runtime.on(CPU, cfg("auto")).grad_scaler().is_enabled()
 
 
 def test_fp16_autocast_with_grad_scaler_lowers_the_loss_as_fp32_does():
     data, curves = batches(), {}
     for amp in ("fp16", "off"):
-        tc, autocast, model, opt, sched, scaler = setup(amp, epochs=20)
-        curves[amp] = [train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)["train_loss"]
+        tc, rt, model, stepper, opt, sched, scaler = setup(amp, epochs=20)
+        curves[amp] = [train_epoch(model, data, stepper, tc, rt)["train_loss"]
                        for _ in range(20)]
         if amp == "fp16":
             assert scaler.is_enabled() and scaler.get_scale() >= 2.0**10  # the loss really was scaled
@@ -72,25 +75,25 @@ def test_fp16_autocast_with_grad_scaler_lowers_the_loss_as_fp32_does():
 
 
 def test_bf16_trains_without_a_scaler():
-    tc, autocast, model, opt, sched, scaler = setup("bf16", epochs=6)
+    tc, rt, model, stepper, opt, sched, scaler = setup("bf16", epochs=6)
     assert not scaler.is_enabled()
     data = batches()
-    first = train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+    first = train_epoch(model, data, stepper, tc, rt)
     for _ in range(5):
-        last = train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+        last = train_epoch(model, data, stepper, tc, rt)
     assert last["train_loss"] < first["train_loss"] and "amp_skipped_steps" not in last
 
 
 def test_scaler_state_is_checkpointed_and_resume_is_bit_exact(tmp_path):
     data = batches()
-    tc, autocast, model, opt, sched, scaler = setup("fp16", epochs=4)
+    tc, rt, model, stepper, opt, sched, scaler = setup("fp16", epochs=4)
     for _ in range(4):
-        train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+        train_epoch(model, data, stepper, tc, rt)
     straight = {k: v.clone() for k, v in model.state_dict().items()}
 
-    tc, autocast, model, opt, sched, scaler = setup("fp16", epochs=4)
+    tc, rt, model, stepper, opt, sched, scaler = setup("fp16", epochs=4)
     for _ in range(2):
-        train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+        train_epoch(model, data, stepper, tc, rt)
     save_checkpoint(tmp_path / "c.pt", fingerprint="f", epoch=1, model=model.state_dict(),
                     optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
                     rng={"python": __import__("random").getstate(), "numpy": np.random.get_state(),
@@ -98,18 +101,19 @@ def test_scaler_state_is_checkpointed_and_resume_is_bit_exact(tmp_path):
     saved = torch.load(tmp_path / "c.pt", weights_only=False)["scaler"]
     assert saved["scale"] == scaler.get_scale() and saved["_growth_tracker"] == scaler._get_growth_tracker()
 
-    tc, autocast, model, opt, sched, scaler = setup("fp16", seed=9, epochs=4)  # other weights: overwritten
-    _, start = maybe_resume(tmp_path / "c.pt", "f", model, opt, sched, scaler)
+    tc, rt, model, stepper, opt, sched, scaler = setup("fp16", seed=9, epochs=4)  # other weights: overwritten
+    _, start = maybe_resume(tmp_path / "c.pt", "f", model, stepper)
     assert start == 2 and scaler.get_scale() == saved["scale"]
     for _ in range(2):
-        train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+        train_epoch(model, data, stepper, tc, rt)
     for k, v in model.state_dict().items():
         assert torch.equal(v, straight[k]), k
 
 
 def test_an_inf_gradient_skips_that_step_keeps_the_schedule_aligned_and_warns_nothing():
-    tc, autocast, model, opt, sched, scaler = setup("fp16", epochs=2, n_batches=4)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # no natural overflow: only the injected one
+    tc, rt, model, stepper, opt, sched, scaler = setup("fp16", epochs=2, n_batches=4)
+    # no natural overflow: only the injected one
+    stepper.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     poisoned = {"left": 1}
 
     def poison(grad):
@@ -124,7 +128,7 @@ def test_an_inf_gradient_skips_that_step_keeps_the_schedule_aligned_and_warns_no
     data = batches(1)  # one batch: the first step of the run, where PyTorch's warning would fire
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+        out = train_epoch(model, data, stepper, tc, rt)
     hook.remove()
     assert out["amp_skipped_steps"] == 1
     assert torch.equal(weight.detach(), before)  # the optimizer step was skipped
@@ -132,20 +136,20 @@ def test_an_inf_gradient_skips_that_step_keeps_the_schedule_aligned_and_warns_no
     assert sched.last_epoch == 1  # the one-cycle schedule still advanced with the batch
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "lr_scheduler.step()" in m], messages
-    more = train_epoch(model, batches(3, seed=1), opt, sched, scaler, tc, CPU, autocast)
+    more = train_epoch(model, batches(3, seed=1), stepper, tc, rt)
     assert more["amp_skipped_steps"] == 0 and not torch.equal(weight.detach(), before)
     assert sched.last_epoch == 4  # every batch stepped it once: aligned with the optimizer's step count
 
 
 @pytest.mark.parametrize("amp, min_agree", [("fp16", 0.995), ("bf16", 0.98)])
 def test_evaluation_under_autocast_gives_the_fp32_argmax(amp, min_agree):
-    tc, autocast, model, opt, sched, scaler = setup("off", epochs=10)
+    tc, rt, model, stepper, opt, sched, scaler = setup("off", epochs=10)
     data = batches()
     for _ in range(10):
-        train_epoch(model, data, opt, sched, scaler, tc, CPU, autocast)
+        train_epoch(model, data, stepper, tc, rt)
     planes = np.random.default_rng(0).random((12, 16, 16), dtype=np.float32)  # (Z, S, S) windowed slices
-    ref = predict_slices(model, planes, CPU, {"device_type": "cpu", "enabled": False}, channels_last=False)
-    low = predict_slices(model, planes, CPU, autocast_args(cfg(amp), CPU), channels_last=False)
+    ref = predict_slices(model, planes, Runtime(CPU), channels_last=False)
+    low = predict_slices(model, planes, Runtime.on(CPU, cfg(amp)), channels_last=False)
     agree = float((ref.argmax(1) == low.argmax(1)).float().mean())
     assert agree >= min_agree, agree
     assert low.dtype == torch.float32  # logits come back as fp32 either way

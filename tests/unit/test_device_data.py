@@ -9,8 +9,8 @@ from boneseg.core.engine.augment import prepare_batch
 from boneseg.core.engine.training import train_epoch
 from boneseg.core.layout import load_splits
 from boneseg.core.networks.models import build_model
-from boneseg.core.networks.optim import make_optim
-from boneseg.core.networks.runtime import grad_scaler
+from boneseg.core.networks.optim import Stepper
+from boneseg.core.networks.runtime import Runtime
 
 CPU = torch.device("cpu")
 
@@ -35,8 +35,7 @@ def test_device_batches_equal_the_dataloaders(tiny_pipeline, classes, targets, c
                                       strict=True):
             assert x0.dtype == torch.float32 and x1.dtype == torch.float16  # gathered as stored
             assert x1.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-            assert y1.dtype == (torch.float32 if targets == "soft" else
-                                torch.bool if classes == "single" else torch.uint8)
+            assert y1.dtype == (torch.float32 if targets == "soft" else torch.uint8)
             assert torch.equal(x0, x1.float()) and torch.equal(y0, y1.to(y0.dtype))
             # what the step takes: the same tensors from either path, float32 + int64 on the CPU
             (a0, b0), (a1, b1) = (prepare_batch(x, y, tc, CPU, amp=False) for x, y in ((x0, y0), (x1, y1)))
@@ -79,16 +78,16 @@ def test_a_trained_epoch_is_bit_identical_with_crops_and_augmentation(tiny_pipel
     ds = SliceDataset(tiny_pipeline.data.slices_dir, train_cases(tiny_pipeline), "multi", "hard")
     tc = tiny_pipeline.train.model_copy(update={"batch_size": 2, "patch_size": 32, "augment": True,
                                                 "channels_last": cl})
-    auto = {"device_type": "cpu", "enabled": False}
+    rt = Runtime(CPU)  # fp32
     weights = []
     for path in ("loader", "device"):
         torch.manual_seed(0)
         net, _ = build_model(5, "none")
         loader = (make_loader(ds, tc, 0, 0) if path == "loader"
                   else DeviceSlices.from_dataset(ds, CPU, cl).batches(2, 0, 0))
-        opt, sched = make_optim(net, tc, len(loader), 2)
+        stepper = Stepper.build(net, tc, len(loader), 2, rt)
         torch.manual_seed(1)  # crops and augmentation draw from here, on either path
-        out = train_epoch(net, loader, opt, sched, grad_scaler(auto), tc, CPU, auto)
+        out = train_epoch(net, loader, stepper, tc, rt)
         weights.append((out["train_loss"], {k: v.clone() for k, v in net.state_dict().items()}))
     assert weights[0][0] == weights[1][0]
     assert all(torch.equal(v, weights[1][1][k]) for k, v in weights[0][1].items())

@@ -12,7 +12,7 @@ from boneseg.core.imaging.nifti import Volume
 from boneseg.core.labelling.labels import derive_labels, source_table
 from boneseg.core.labelling.vnet import predict, propose, random_crops
 from boneseg.core.layout import find_cases, load_qa
-from boneseg.core.networks.runtime import autocast_args
+from boneseg.core.networks.runtime import Runtime
 from boneseg.errors import DataError
 
 
@@ -88,5 +88,5 @@ def test_crops_pad_small_volumes_and_a_ct_of_any_size_is_predicted_on_its_grid()
     hu = np.full((23, 17, 3), -1000, np.int16)  # sides not multiples of 16, and only 3 slices
     ct = Volume(hu, np.diag([2.0, 2.0, 5.0, 1.0]))
     cpu = torch.device("cpu")
-    out = predict(net, ct, cfg, cpu, autocast_args(cfg.train, cpu))
+    out = predict(net, ct, cfg, Runtime.on(cpu, cfg.train))
     assert out.shape == (23, 17, 3) and out.dtype == bool

@@ -20,9 +20,12 @@ from boneseg.core.inference.predict import (
 )
 from boneseg.core.labelmap import LABEL_FILE, label_description
 from boneseg.core.networks.models import build_model
+from boneseg.core.networks.runtime import Runtime
 from boneseg.errors import DataError
 
 SIZE, WINDOW = 32, [-200.0, 1500.0]
+
+RT = Runtime(torch.device("cpu"), None, channels_last=True)  # inference on the CPU, fp32
 
 
 def phantom(shape=(40, 56, 10)) -> np.ndarray:
@@ -126,26 +129,24 @@ def test_output_keeps_each_inputs_grid_and_labels_the_same_anatomy(tmp_path, mod
 
 
 def test_ensemble_is_the_mean_of_the_fold_models_probabilities(models):
-    fms = load_fold_models(models, torch.device("cpu"))
+    fms = load_fold_models(models, RT)
     planes = apply_window(resize_planes(phantom(), SIZE, "image"), WINDOW)
-    auto = {"device_type": "cpu", "enabled": False}
-    each = [ensemble_probabilities([m], planes, "cpu", auto) for m in fms]
-    both = ensemble_probabilities(fms, planes, "cpu", auto)
+    each = [ensemble_probabilities([m], planes, RT) for m in fms]
+    both = ensemble_probabilities(fms, planes, RT)
     assert not np.allclose(each[0], each[1], atol=1e-3)  # two different models
     np.testing.assert_allclose(both, (each[0] + each[1]) / 2, atol=1e-6)
     np.testing.assert_allclose(both.sum(axis=1), 1.0, atol=1e-5)
-    only_fold1 = load_fold_models(models, torch.device("cpu"), folds=[1])
+    only_fold1 = load_fold_models(models, RT, folds=[1])
     assert [m.fold for m in only_fold1] == [1]
     with pytest.raises(DataError, match="none of the 2 fold models"):
-        load_fold_models(models, torch.device("cpu"), folds=[7])
+        load_fold_models(models, RT, folds=[7])
 
 
 def test_bone_only_output_and_single_class_models(tmp_path, models):
     ct = Volume(phantom(), RAS)
-    fms = load_fold_models(models, torch.device("cpu"))
-    auto = {"device_type": "cpu", "enabled": False}
-    full = segment_volume(fms, ct, "cpu", auto)
-    bone = segment_volume(fms, ct, "cpu", auto, classes="bone")
+    fms = load_fold_models(models, RT)
+    full = segment_volume(fms, ct, RT)
+    bone = segment_volume(fms, ct, RT, classes="bone")
     np.testing.assert_array_equal(bone, np.where(full == 1, 1, 0))
     single = save_model(tmp_path / "single.pt", seed=3, classes="single", steps=1)
     save_volume(ct, tmp_path / "ct.nii.gz")
@@ -153,7 +154,7 @@ def test_bone_only_output_and_single_class_models(tmp_path, models):
     assert set(np.unique(load_labels(tmp_path / "seg.nii.gz").data)) <= {0, 1}
     assert '"kidney"' not in (tmp_path / LABEL_FILE).read_text()
     with pytest.raises(DataError, match="differ in classes"):
-        load_fold_models([models[0], single], torch.device("cpu"))
+        load_fold_models([models[0], single], RT)
 
 
 def test_bad_inputs_are_refused_by_name_and_leave_no_output(tmp_path, models):

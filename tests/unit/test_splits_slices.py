@@ -9,7 +9,7 @@ from boneseg.core.data.dataset import SliceDataset
 from boneseg.core.data.preprocess import apply_window, resize_back, resize_planes, stack_25d
 from boneseg.core.data.slices import build_slices
 from boneseg.core.data.splits import check_splits, make_splits
-from boneseg.core.labelmap import merge_classes
+from boneseg.core.labelmap import MULTI, SINGLE, LabelSpec
 from boneseg.errors import DataError
 
 CASES = [f"abd{i:03d}" for i in range(14)]
@@ -83,12 +83,24 @@ def test_window():
     assert w.tolist() == pytest.approx([0, 0, 0.5, 1, 1])
 
 
-def test_merge_classes_single_class():
+def test_the_label_spec_answers_ids_channels_and_merging_for_numpy_and_torch():
+    import torch
+
     y = np.array([0, 1, 2, 3, 4], np.uint8)
-    assert merge_classes(y, "single").tolist() == [0, 1, 0, 0, 0]
-    assert merge_classes(y, "multi").tolist() == [0, 1, 2, 3, 4]
+    assert SINGLE.merge(y).tolist() == [0, 1, 0, 0, 0] and SINGLE.merge(y).dtype == np.uint8
+    assert MULTI.merge(y).tolist() == [0, 1, 2, 3, 4]
+    assert SINGLE.merge(torch.from_numpy(y)).tolist() == [0, 1, 0, 0, 0]
+    assert (MULTI.channels, SINGLE.channels, MULTI.ids, SINGLE.ids) == (5, 2, [1, 2, 3, 4], [1])
+    assert LabelSpec.of("bone") is SINGLE and LabelSpec.of("all") is MULTI
+    assert MULTI.narrowed(SINGLE) is SINGLE and MULTI.narrowed(MULTI) is MULTI
+    soft = np.zeros((5, 2, 2), np.uint8)
+    soft[1], soft[2] = 100, 155  # 100/255 bone, the rest kidney
+    for spec in (MULTI, SINGLE):  # numpy and torch give the same probabilities
+        a, b = spec.soft(soft), spec.soft(torch.from_numpy(soft)).numpy()
+        assert a.shape == (spec.channels, 2, 2) and np.array_equal(a, b)
+        assert np.allclose(a.sum(axis=0), 1.0)
     with pytest.raises(ValueError, match="expected 'multi' or 'single'"):
-        merge_classes(y, "dual")
+        LabelSpec.of("dual")
 
 
 def test_slices_stage_and_dataset(tmp_path):

@@ -8,7 +8,7 @@ from boneseg.core.config import TrainConfig
 from boneseg.core.engine.training import fit
 from boneseg.core.networks.losses import segmentation_loss, soft_dice_loss
 from boneseg.core.networks.models import UNet
-from boneseg.core.networks.runtime import autocast_args
+from boneseg.core.networks.runtime import Runtime
 
 
 def test_loss_of_one_hot_probability_targets_equals_the_loss_of_ids():
@@ -77,7 +77,7 @@ def test_one_optimiser_step_lowers_the_loss():
 
 def test_cpu_runs_fp32_unless_amp_is_asked_for_explicitly():
     for amp in ("auto", "off"):  # fp16 / bf16 are honoured on CPU too: tests/unit/test_amp.py
-        assert autocast_args(TrainConfig(amp=amp), torch.device("cpu"))["enabled"] is False
+        assert Runtime.on("cpu", TrainConfig(amp=amp)).dtype is None
 
 
 class Crash:

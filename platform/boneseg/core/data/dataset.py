@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from boneseg.core.config import TrainConfig
 from boneseg.core.data.preprocess import stack_25d
-from boneseg.core.labelmap import merge_classes, merge_soft_classes
+from boneseg.core.labelmap import LabelSpec
 from boneseg.core.layout import SLICE_IMAGE, TARGET_FILES, load_index
 from boneseg.errors import DataError
 
@@ -31,9 +31,10 @@ def open_targets(case_dir: Path, targets: str, mmap: bool = True) -> np.ndarray:
 def training_targets(stored: np.ndarray, classes: str, targets: str) -> torch.Tensor:
     """Stored targets (one slice or a stack) -> what the loss takes: int64 ids for "hard",
     float32 class fractions for "soft"; single-class merges kidney/vessel/liver into 0."""
+    spec = LabelSpec.of(classes)
     if targets == "soft":
-        return torch.from_numpy(merge_soft_classes(stored, classes))
-    return torch.from_numpy(merge_classes(np.asarray(stored), classes).astype(np.int64))
+        return torch.from_numpy(spec.soft(stored))
+    return torch.from_numpy(spec.merge(np.asarray(stored)).astype(np.int64))
 
 
 class SliceDataset(Dataset):
@@ -71,15 +72,20 @@ class SliceDataset(Dataset):
         )
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffle: it depends on (seed, epoch) only, so a resumed
+    run sees exactly the batches an uninterrupted one would (DataLoader and device data)."""
+    return torch.Generator().manual_seed(seed * 1000 + epoch)
+
+
 def make_loader(ds, tc: TrainConfig, epoch: int, seed: int) -> DataLoader:
     # a fresh generator per epoch: the shuffle order depends on (seed, epoch) only, so a
     # resumed run sees exactly the batches an uninterrupted one would
-    g = torch.Generator().manual_seed(seed * 1000 + epoch)
     return DataLoader(
         ds,
         batch_size=tc.batch_size,
         shuffle=True,
-        generator=g,
+        generator=epoch_generator(seed, epoch),
         drop_last=len(ds) >= tc.batch_size,
         num_workers=tc.num_workers,
         persistent_workers=False,

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from boneseg.core.data.dataset import SliceDataset, open_targets
+from boneseg.core.data.dataset import SliceDataset, epoch_generator, open_targets
 from boneseg.core.data.preprocess import neighbours_25d
-from boneseg.core.labelmap import BONE
+from boneseg.core.labelmap import LabelSpec
 from boneseg.core.layout import SLICE_IMAGE
 
 FIT_MARGIN = 0.5  # auto: the slices may take at most half of the device's free memory
@@ -78,7 +78,7 @@ class DeviceSlices:
     def gather(self, idx: torch.Tensor, out: torch.Tensor | None = None,
                y_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Items `idx` -> (x (B, 3, S, S), y) in the stored dtypes: x float16 (a channels_last
-        view with `channels_last`); hard targets uint8 ids (multi) or bool bone (single),
+        view with `channels_last`); hard targets uint8 ids (bone 1, the rest 0 for single-class),
         soft ones float fractions. The values are SliceDataset's; `augment.prepare_batch`
         turns them into the step's dtypes (after the crop, so fewer pixels are converted).
         x and uint8 ids are written into `out` (shaped like `stacks`) / `y_out` (at least B
@@ -88,20 +88,15 @@ class DeviceSlices:
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)  # (B, 3, S, S), channels_last in memory
         if self.soft:
-            frac = self.targets[idx].float()
-            frac = frac / frac.sum(dim=1, keepdim=True).clamp_min(1.0)  # undo the x255 rounding
-            if self.classes == "single":
-                bone = frac[:, BONE:BONE + 1]
-                return x, torch.cat([1.0 - bone, bone], dim=1)
-            return x, frac
+            return x, LabelSpec.of(self.classes).soft(self.targets[idx])
         t = self.targets[idx] if y_out is None else \
             torch.index_select(self.targets, 0, idx, out=y_out[:len(idx)])
-        return x, (t == BONE if self.classes == "single" else t)
+        return x, LabelSpec.of(self.classes).merge(t)
 
     def batches(self, batch_size: int, epoch: int, seed: int):
         """One epoch: the DataLoader's order (shuffle by the (seed, epoch) generator, the
         last incomplete batch dropped when there is at least one full batch)."""
-        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        g = epoch_generator(seed, epoch)
         torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader's base seed, drawn first
         order = torch.randperm(len(self), generator=g)
         drop_last = len(self) >= batch_size

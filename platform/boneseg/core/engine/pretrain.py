@@ -10,17 +10,11 @@ from boneseg.core.config import Config
 from boneseg.core.data.dataset import SliceDataset, make_loader
 from boneseg.core.engine.training import train_epoch
 from boneseg.core.io import atomic_path, write_json
-from boneseg.core.labelmap import n_classes
+from boneseg.core.labelmap import SINGLE
 from boneseg.core.layout import load_index
 from boneseg.core.networks.models import build_model
-from boneseg.core.networks.optim import make_optim
-from boneseg.core.networks.runtime import (
-    grad_scaler,
-    place_model,
-    prepare_runtime,
-    seed_everything,
-    use_channels_last,
-)
+from boneseg.core.networks.optim import Stepper
+from boneseg.core.networks.runtime import Runtime, seed_everything
 
 NO_THIGH = "no thigh CT to pretrain on"
 
@@ -45,16 +39,12 @@ def pretrain(cfg: Config, out: str | Path | None = None) -> dict:
         return no_thigh(Path(out or cfg.model.thigh_weights))
     pc = cfg.pretrain
     tc = cfg.train.model_copy(update={"epochs": pc.epochs, "batch_size": pc.batch_size, "lr": pc.lr})
-    device, autocast = prepare_runtime(tc)
+    rt = Runtime.of(tc)
     seed_everything(pc.seed)
-    model = place_model(
-        build_model(n_classes("single"), "none")[0], device, use_channels_last(tc.channels_last, device)
-    )  # femur vs background
+    model = rt.place(build_model(SINGLE.channels, "none")[0])  # femur vs background
     ds = SliceDataset(cfg.data.slices_dir, thighs, classes="single", targets=tc.targets)
-    opt, sched = make_optim(model, tc, len(make_loader(ds, tc, 0, pc.seed)), tc.epochs)
-    scaler = grad_scaler(autocast)
-    history = [train_epoch(model, make_loader(ds, tc, e, pc.seed), opt, sched, scaler, tc, device, autocast)
-               for e in range(tc.epochs)]
+    stepper = Stepper.build(model, tc, len(make_loader(ds, tc, 0, pc.seed)), tc.epochs, rt)
+    history = [train_epoch(model, make_loader(ds, tc, e, pc.seed), stepper, tc, rt) for e in range(tc.epochs)]
     from safetensors.torch import save_file
 
     out = Path(out or cfg.model.thigh_weights)

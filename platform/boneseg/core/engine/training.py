@@ -22,22 +22,12 @@ from boneseg.core.data.device_data import DeviceSlices, use_device_data
 from boneseg.core.engine.augment import prepare_batch
 from boneseg.core.evaluation.validate import validate, write_predictions
 from boneseg.core.io import atomic_path, write_json
-from boneseg.core.labelmap import n_classes
+from boneseg.core.labelmap import LabelSpec
 from boneseg.core.layout import PREDICTIONS, load_index, load_splits
 from boneseg.core.networks.losses import segmentation_loss
 from boneseg.core.networks.models import build_model
-from boneseg.core.networks.optim import backward_step, make_optim
-from boneseg.core.networks.runtime import (
-    amp_name,
-    deterministic,
-    grad_scaler,
-    place_model,
-    prepare_runtime,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    use_channels_last,
-)
+from boneseg.core.networks.optim import Stepper
+from boneseg.core.networks.runtime import Runtime, deterministic, rng_state, seed_everything, set_rng_state
 from boneseg.errors import ConfigError, DataError
 
 
@@ -80,21 +70,21 @@ def fold_cases(cfg: Config, fold: int) -> tuple[list[str], list[str], list[str]]
     return f["train"], f["val"], splits["test"]
 
 
-def train_epoch(model, loader, opt, sched, scaler, tc: TrainConfig, device, autocast: dict) -> dict:
+def train_epoch(model, loader, stepper: Stepper, tc: TrainConfig, rt: Runtime) -> dict:
     model.train()
     total, n, t0, skipped = 0.0, 0, time.perf_counter(), 0
     for x, y in loader:
-        x, y = prepare_batch(x, y, tc, device, amp=autocast["enabled"])
-        with torch.autocast(**autocast):
+        x, y = prepare_batch(x, y, tc, rt.device, amp=rt.dtype is not None)
+        with rt.autocast():
             logits = model(x)
         loss = segmentation_loss(logits, y, tc.loss, tc.ce_weight)
-        skipped += backward_step(loss, opt, sched, scaler)
+        skipped += stepper.step(loss)
         total += loss.detach().item() * x.shape[0]
         n += x.shape[0]
     secs = time.perf_counter() - t0
     out = {"train_loss": total / max(n, 1), "images_per_s": n / max(secs, 1e-9), "train_seconds": secs,
-           "lr": float(sched.get_last_lr()[0])}
-    if scaler.is_enabled():  # fp16: steps the scaler skipped (inf/NaN gradients)
+           "lr": stepper.lr}
+    if stepper.scaler.is_enabled():  # fp16: steps the scaler skipped (inf/NaN gradients)
         out["amp_skipped_steps"] = skipped
     return out
 
@@ -130,15 +120,13 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def maybe_resume(path: Path, fingerprint: str, model, opt, sched, scaler) -> tuple[list[dict], int]:
+def maybe_resume(path: Path, fingerprint: str, model, stepper: Stepper) -> tuple[list[dict], int]:
     """Restore every piece of training state from `path` if it exists: (history, next epoch)."""
     state = load_checkpoint(path, fingerprint)
     if not state:
         return [], 0
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    stepper.load_state_dict(state)
     set_rng_state(state["rng"])
     return state["history"], state["epoch"] + 1
 
@@ -161,20 +149,19 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
     out = Path(out_dir) if out_dir else trial_dir(cfg, variant, fold)
     train_cases, val_cases, test_cases = fold_cases(cfg, fold)
     index = load_index(cfg.data.slices_dir)
-    device, autocast = prepare_runtime(tc)
+    rt = Runtime.of(tc)
     seed_everything(tc.seed + fold)
     model, weights = build_model(
-        n_classes(classes),
+        LabelSpec.of(classes).channels,
         cfg.model.encoder_weights if init == "pretrained" else "none",
         cfg.model.thigh_weights,
     )
-    channels_last = use_channels_last(tc.channels_last, device)
-    place_model(model, device, channels_last)
+    rt.place(model)
     ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
     if len(ds) == 0:
         raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
-    on_device = use_device_data(tc.data_on_device, ds, device)
-    slices = DeviceSlices.from_dataset(ds, device, channels_last) if on_device else None
+    on_device = use_device_data(tc.data_on_device, ds, rt.device)
+    slices = DeviceSlices.from_dataset(ds, rt.device, rt.channels_last) if on_device else None
 
     def loader(epoch: int):  # the same batches either way (core/data/device_data.py)
         if slices is not None:
@@ -182,19 +169,18 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
         return make_loader(ds, tc, epoch, tc.seed)
 
     steps = len(loader(0))
-    opt, sched = make_optim(model, tc, steps, tc.epochs)
-    scaler = grad_scaler(autocast)
+    stepper = Stepper.build(model, tc, steps, tc.epochs, rt)
     fingerprint = trial_fingerprint(cfg, variant, fold)
     ckpt_path = out / "checkpoint.pt"
-    history, start = maybe_resume(ckpt_path, fingerprint, model, opt, sched, scaler) if resume else ([], 0)
+    history, start = maybe_resume(ckpt_path, fingerprint, model, stepper) if resume else ([], 0)
     info = {
         "variant": variant,
         "fold": fold,
         "classes": classes,
         "init": init,
         "weights": weights,
-        "device": str(device),
-        "amp": amp_name(autocast),
+        "device": str(rt.device),
+        "amp": rt.amp,
         "train_cases": train_cases,
         "val_cases": val_cases,
         "test_cases": test_cases,
@@ -207,25 +193,24 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
     info["setup_seconds"] = time.perf_counter() - t_start
     last_val = None  # (summary, rows, maps) of the model as it stands, if validated after its last epoch
     for epoch in range(start, tc.epochs):
-        tr = train_epoch(model, loader(epoch), opt, sched, scaler, tc, device, autocast)
+        tr = train_epoch(model, loader(epoch), stepper, tc, rt)
         metrics, last_val = {"epoch": epoch, **tr}, None
         if validates(epoch, tc):
             t = time.perf_counter()
-            val, _, _ = last_val = validate(model, val_cases, cfg.data, tc, classes, device, autocast, index)
+            val, _, _ = last_val = validate(model, val_cases, cfg, classes, rt, index)
             metrics.update(epoch_metrics(val), val_seconds=time.perf_counter() - t)
         history.append(metrics)
         save_checkpoint(ckpt_path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
-                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
-                        rng=rng_state(), history=history, info=info)
+                        **stepper.state_dict(), rng=rng_state(), history=history, info=info)
         for cb in callbacks:
             getattr(cb, "on_epoch", lambda *a: None)(epoch, metrics, ckpt_path)
-    result = finish(model, cfg, out, history, info, device, autocast, index, last_val)
+    result = finish(model, cfg, out, history, info, rt, index, last_val)
     for cb in callbacks:
         getattr(cb, "on_end", lambda r: None)(result)
     return result
 
 
-def finish(model, cfg: Config, out: Path, history: list, info: dict, device, autocast: dict, index: dict,
+def finish(model, cfg: Config, out: Path, history: list, info: dict, rt: Runtime, index: dict,
            last_val=None) -> TrialResult:
     """Final 3-D evaluation of validation and test patients -> summary.json + model.pt, and
     every predicted label map in predictions/ (cases this model did not train on).
@@ -233,12 +218,10 @@ def finish(model, cfg: Config, out: Path, history: list, info: dict, device, aut
     that had no epoch left to train)."""
     classes = info["classes"]
     t0 = time.perf_counter()
-    val, val_rows, maps = last_val or validate(
-        model, info["val_cases"], cfg.data, cfg.train, classes, device, autocast, index
-    )
+    val, val_rows, maps = last_val or validate(model, info["val_cases"], cfg, classes, rt, index)
     t1 = time.perf_counter()
     test, test_rows, test_maps = (
-        validate(model, info["test_cases"], cfg.data, cfg.train, classes, device, autocast, index)
+        validate(model, info["test_cases"], cfg, classes, rt, index)
         if info["test_cases"]
         else ({"bone_dice": float("nan")}, [], {})
     )

@@ -9,55 +9,46 @@ from pathlib import Path
 
 import numpy as np
 
+from boneseg.core.config import Config
 from boneseg.core.data.dataset import open_targets, training_targets
 from boneseg.core.data.preprocess import resize_back
 from boneseg.core.evaluation.metrics import case_metrics, fold_summary, n_nan, nanmean
 from boneseg.core.imaging.nifti import Volume, check_pair, load_labels, save_volume, strip_nifti_suffix
 from boneseg.core.inference.predict import predict_slices
 from boneseg.core.io import atomic_dir
-from boneseg.core.labelmap import LABEL_IDS, merge_classes
+from boneseg.core.labelmap import LABEL_IDS, LabelSpec
 from boneseg.core.layout import SLICE_IMAGE, label_path
 from boneseg.core.networks.losses import segmentation_loss
+from boneseg.core.networks.runtime import Runtime
 from boneseg.errors import DataError
 
 
-def evaluate_case(
-    model,
-    case: str,
-    slices_dir: Path,
-    labels_dir: Path,
-    index: dict,
-    classes: str,
-    device,
-    autocast: dict,
-    loss_kind: str = "dice_ce",
-    batch: int = 32,
-    targets: str = "hard",
-) -> tuple[dict, Volume]:
+def evaluate_case(model, case: str, cfg: Config, classes: str, rt: Runtime,
+                  index: dict) -> tuple[dict, Volume]:
     """Predict one patient and score it in its CT's own space; also the 2-D loss at slice
-    size against the same kind of target that training uses. -> (scores, the label map)."""
-    d = Path(slices_dir) / case
+    size against the same kind of target that training uses (`train.loss`,
+    `train.targets`). -> (scores, the label map)."""
+    tc = cfg.train
+    d = Path(cfg.data.slices_dir) / case
     image = np.load(d / SLICE_IMAGE, mmap_mode="r")
-    small_truth = training_targets(open_targets(d, targets, mmap=False), classes, targets)
-    logits = predict_slices(model, image, device, autocast, batch)
-    loss = float(segmentation_loss(logits, small_truth, loss_kind))
+    small_truth = training_targets(open_targets(d, tc.targets, mmap=False), classes, tc.targets)
+    logits = predict_slices(model, image, rt, tc.eval_batch_size)
+    loss = float(segmentation_loss(logits, small_truth, tc.loss))
     info = index["cases"][case]
     probs = logits.softmax(dim=1).numpy()  # (Z, K, S, S)
     pred = resize_back(probs, tuple(info["shape"][:2])).argmax(axis=-1).astype(np.uint8)  # (X, Y, Z)
-    labels = load_labels(label_path(labels_dir, case))
-    truth = merge_classes(labels.data, classes)
+    labels = load_labels(label_path(cfg.data.labels_dir, case))
+    truth = LabelSpec.of(classes).merge(labels.data)
     row = {"case": case, "loss": loss, **case_metrics(pred, truth, info["spacing"], logits.shape[1])}
     return row, Volume(pred, labels.affine)
 
 
-def validate(model, cases: list[str], data, train, classes: str, device, autocast: dict,
+def validate(model, cases: list[str], cfg: Config, classes: str, rt: Runtime,
              index: dict) -> tuple[dict, list, dict]:
-    """Score `cases` (data: DataConfig, train: TrainConfig) -> (fold summary, per-case rows,
-    {case: predicted label map})."""
+    """Score `cases` -> (fold summary, per-case rows, {case: predicted label map})."""
     rows, maps = [], {}
     for c in cases:
-        row, maps[c] = evaluate_case(model, c, Path(data.slices_dir), Path(data.labels_dir), index, classes,
-                                     device, autocast, train.loss, train.eval_batch_size, train.targets)
+        row, maps[c] = evaluate_case(model, c, cfg, classes, rt, index)
         rows.append(row)
     return fold_summary(rows), rows, maps
 
@@ -91,7 +82,7 @@ def pair_files(pred: Path, truth: Path) -> list[tuple[str, Path, Path]]:
 
 def evaluate_folder(pred: Path, truth: Path, classes: str = "all") -> dict:
     """classes="bone": score bone only (for single-class predictions; ids 2-4 count as background)."""
-    n = 2 if classes == "bone" else len(LABEL_IDS)
+    n = LabelSpec.of(classes).channels
     rows = []
     for case, p, t in pair_files(Path(pred), Path(truth)):
         tv = load_labels(t)

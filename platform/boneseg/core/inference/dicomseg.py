@@ -122,8 +122,8 @@ def segment_series(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], f
     dst = plan_output(Path(inp), Path(out), fmt, seg_uid)
     t0 = time.perf_counter()
     ct, _ = read_ct_folder(inp)
-    tc, dev, autocast, models = inference_setup(cfg, checkpoints, folds, device)
-    labels = segment_volume(models, ct.volume, dev, autocast, classes, tc.eval_batch_size)
+    tc, rt, models = inference_setup(cfg, checkpoints, folds, device)
+    labels = segment_volume(models, ct.volume, rt, classes, tc.eval_batch_size)
     ids = output_ids(models, classes)
     if fmt == "nifti":  # the grid `boneseg import --layout dicom` gives the same series
         save_volume(to_canonical(Volume(labels, ct.volume.affine)), dst)

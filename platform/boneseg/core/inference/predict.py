@@ -22,10 +22,12 @@ from boneseg.core.config import Config
 from boneseg.core.data.preprocess import resize_back, stack_25d, window_planes
 from boneseg.core.imaging.nifti import Volume, is_nifti_name, load_ct, save_volume
 from boneseg.core.io import atomic_write_text
-from boneseg.core.labelmap import LABEL_FILE, label_description, n_classes
+from boneseg.core.labelmap import BONE, LABEL_FILE, LabelSpec, label_description
 from boneseg.core.networks.models import build_model
-from boneseg.core.networks.runtime import place_model, prepare_runtime, use_channels_last
+from boneseg.core.networks.runtime import Runtime
 from boneseg.errors import DataError
+
+CHUNK = 8  # full-size planes resampled back at a time
 
 
 @dataclass
@@ -38,17 +40,18 @@ class FoldModel:
 
 
 @torch.no_grad()
-def predict_slices(model, image_zss: np.ndarray, device, autocast: dict, batch: int = 32,
+def predict_slices(model, image_zss: np.ndarray, rt: Runtime, batch: int = 32,
                    channels_last: bool = True) -> torch.Tensor:
-    """Logits (Z, K, S, S) float32 on the CPU for every slice of one case."""
+    """Logits (Z, K, S, S) float32 on the CPU for every slice of one case (the input in
+    channels_last memory unless `channels_last` is False)."""
     model.eval()
     x_all = torch.from_numpy(stack_25d(image_zss))  # (Z, 3, S, S)
     outs = []
     for i in range(0, x_all.shape[0], batch):
-        x = x_all[i:i + batch].to(device)
+        x = x_all[i:i + batch].to(rt.device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(**autocast):
+        with rt.autocast():
             outs.append(model(x).float().cpu())
     return torch.cat(outs)
 
@@ -79,19 +82,17 @@ def read_model_file(path: Path) -> dict:
     return state
 
 
-def load_fold_models(paths: list[Path], device: torch.device, folds: list[int] | None = None,
-                     channels_last: bool | str = "auto") -> list[FoldModel]:
-    """The fold models of `paths` (only `folds`, if given) on `device`, for inference
-    (`channels_last` as `train.channels_last`: auto is channels_last there)."""
+def load_fold_models(paths: list[Path], rt: Runtime, folds: list[int] | None = None) -> list[FoldModel]:
+    """The fold models of `paths` (only `folds`, if given), placed for inference by `rt`."""
     out, seen = [], []
     for p in paths:
         state = read_model_file(p)
         seen.append(int(state.get("fold", -1)))
         if folds is not None and seen[-1] not in folds:
             continue
-        net, _ = build_model(n_classes(state["classes"]), "none")
+        net, _ = build_model(LabelSpec.of(state["classes"]).channels, "none")
         net.load_state_dict(state["model"])
-        place_model(net, device, use_channels_last(channels_last, device, training=False)).eval()
+        rt.place(net).eval()
         out.append(FoldModel(net, state["classes"], state.get("variant", state.get("case", "?")), seen[-1],
                              dict(state["preprocessing"])))
     if not out:
@@ -103,13 +104,13 @@ def load_fold_models(paths: list[Path], device: torch.device, folds: list[int] |
     return out
 
 
-def ensemble_probabilities(models: list[FoldModel], planes_zss: np.ndarray, device, autocast: dict,
+def ensemble_probabilities(models: list[FoldModel], planes_zss: np.ndarray, rt: Runtime,
                            batch: int = 32, progress=None) -> np.ndarray:
     """(Z, S, S) windowed slices -> (Z, K, S, S) float32: the mean over fold models of the
     softmax probabilities."""
     total = None
     for m in models:
-        probs = predict_slices(m.net, planes_zss, device, autocast, batch).softmax(dim=1)
+        probs = predict_slices(m.net, planes_zss, rt, batch).softmax(dim=1)
         total = probs if total is None else total.add_(probs)
         if progress is not None:
             progress.update(1)
@@ -123,25 +124,25 @@ def _orientations(affine: np.ndarray):
     return ornt, back
 
 
-def segment_volume(models: list[FoldModel], ct: Volume, device, autocast: dict, classes: str = "all",
-                   batch: int = 32, chunk: int = 8, progress=None) -> np.ndarray:
+def segment_volume(models: list[FoldModel], ct: Volume, rt: Runtime, classes: str = "all",
+                   batch: int = 32, progress=None) -> np.ndarray:
     """CT in any orientation -> uint8 label ids on exactly its voxel grid."""
     to_ras, back = _orientations(ct.affine)
     ras = nib.orientations.apply_orientation(ct.data, to_ras)  # (X, Y, Z) in RAS+ order
     pre = models[0].preprocessing
     planes = window_planes(np.asarray(ras, dtype=np.float32), int(pre["image_size"]), pre["window"])
-    probs = ensemble_probabilities(models, planes, device, autocast, batch, progress)  # (Z, K, S, S)
+    probs = ensemble_probabilities(models, planes, rt, batch, progress)  # (Z, K, S, S)
     labels = np.empty(ras.shape, np.uint8)
-    for z in range(0, probs.shape[0], chunk):  # a few full-size planes at a time
-        labels[:, :, z:z + chunk] = resize_back(probs[z:z + chunk], ras.shape[:2]).argmax(axis=-1)
-    if classes == "bone":
-        labels[labels != 1] = 0
+    for z in range(0, probs.shape[0], CHUNK):  # a few full-size planes at a time
+        labels[:, :, z:z + CHUNK] = resize_back(probs[z:z + CHUNK], ras.shape[:2]).argmax(axis=-1)
+    if LabelSpec.of(classes).bone_only:
+        labels[labels != BONE] = 0
     return np.ascontiguousarray(nib.orientations.apply_orientation(labels, back))
 
 
 def output_ids(models: list[FoldModel], classes: str) -> list[int]:
     """The label ids a segmentation can hold: bone only (single-class models, --classes bone) or 1-4."""
-    return [1] if classes == "bone" or models[0].classes == "single" else [1, 2, 3, 4]
+    return LabelSpec.of(models[0].classes).narrowed(LabelSpec.of(classes)).ids
 
 
 def bone_ml(labels: np.ndarray, spacing) -> float:
@@ -171,10 +172,10 @@ def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
 
 
 def inference_setup(cfg: Config, checkpoints: list[Path], folds: list[int] | None, device: str):
-    """A `segment` run's settings, device, autocast and fold models (device: auto | cpu | cuda)."""
+    """A `segment` run's settings, runtime and fold models (device: auto | cpu | cuda)."""
     tc = cfg.train.model_copy(update={"device": device})
-    dev, autocast = prepare_runtime(tc)
-    return tc, dev, autocast, load_fold_models(checkpoints, dev, folds, tc.channels_last)
+    rt = Runtime.of(tc, training=False)
+    return tc, rt, load_fold_models(checkpoints, rt, folds)
 
 
 def segment_files(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], folds: list[int] | None = None,
@@ -191,13 +192,13 @@ def segment_pairs(cfg: Config, pairs: list[tuple[Path, Path]], checkpoints: list
     file in every output folder."""
     from tqdm import tqdm
 
-    tc, dev, autocast, models = inference_setup(cfg, checkpoints, folds, device)
+    tc, rt, models = inference_setup(cfg, checkpoints, folds, device)
     results = []
     for src, dst in pairs:
         t0 = time.perf_counter()
         ct = load_ct(src)
         with tqdm(total=len(models), desc=dst.name, unit="model", disable=not progress, leave=False) as bar:
-            labels = segment_volume(models, ct, dev, autocast, classes, tc.eval_batch_size, progress=bar)
+            labels = segment_volume(models, ct, rt, classes, tc.eval_batch_size, progress=bar)
         save_volume(Volume(labels, ct.affine), dst)
         results.append({"output": str(dst), "shape": list(ct.shape), "seconds": time.perf_counter() - t0,
                         "bone_ml": bone_ml(labels, ct.spacing)})

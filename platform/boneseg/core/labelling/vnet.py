@@ -31,11 +31,10 @@ from boneseg.core.io import atomic_dir
 from boneseg.core.labelling.labels import bone_proposals
 from boneseg.core.layout import PROPOSE_SUMMARY, find_cases
 from boneseg.core.networks.losses import segmentation_loss
-from boneseg.core.networks.optim import backward_step, make_optim
+from boneseg.core.networks.optim import Stepper
 from boneseg.core.networks.runtime import (
-    grad_scaler,
+    Runtime,
     place_model,
-    prepare_runtime,
     seed_everything,
 )
 from boneseg.errors import DataError
@@ -95,35 +94,35 @@ def random_crops(vols, crop, n: int, foreground: float, g: torch.Generator):
     return torch.stack(xs)[:, None], torch.stack(ys).long()
 
 
-def predict(model, ct: Volume, cfg: Config, device, autocast: dict) -> np.ndarray:
+def predict(model, ct: Volume, cfg: Config, rt: Runtime) -> np.ndarray:
     """The bone mask of one CT on its own grid, (X, Y, Z) bool."""
     from monai.inferers import sliding_window_inference
 
     pc = cfg.propose
-    img = window(resample(ct.data, ct.spacing, pc.spacing_mm, "trilinear"), cfg.data.window).to(device)
+    img = window(resample(ct.data, ct.spacing, pc.spacing_mm, "trilinear"), cfg.data.window).to(rt.device)
     model.eval()
-    with torch.no_grad(), torch.autocast(**autocast):
+    with torch.no_grad(), rt.autocast():
         logits = sliding_window_inference(img, list(pc.window), 2, model, overlap=pc.overlap)
     prob = logits.float().softmax(1)[:, 1:2]
     back = F.interpolate(prob, size=list(ct.shape), mode="trilinear", align_corners=False)
     return back[0, 0].cpu().numpy() > 0.5
 
 
-def train_vnet(cfg: Config, train, device, autocast: dict):
+def train_vnet(cfg: Config, train, rt: Runtime):
     pc = cfg.propose
     # the U-Net's optimiser and schedule; fused AdamW (one kernel over the V-Net's 45.6 M parameters)
     tc = cfg.train.model_copy(update={"lr": pc.lr, "batch_size": pc.batch_size, "channels_last": False,
                                       "fused_optimizer": True})
-    model = place_model(build_vnet(pc.dropout), device, False)
-    opt, sched = make_optim(model, tc, pc.steps, 1)
-    scaler, g, losses = grad_scaler(autocast), torch.Generator().manual_seed(pc.seed), []
+    model = place_model(build_vnet(pc.dropout), rt.device, False)  # 3-D: no channels_last
+    stepper = Stepper.build(model, tc, pc.steps, 1, rt)
+    g, losses = torch.Generator().manual_seed(pc.seed), []
     model.train()
     for _ in range(pc.steps):
         x, y = random_crops(train, pc.crop, pc.batch_size, pc.foreground, g)
-        with torch.autocast(**autocast):
-            logits = model(x.to(device))
-        loss = segmentation_loss(logits, y.to(device), "dice_ce")
-        backward_step(loss, opt, sched, scaler)
+        with rt.autocast():
+            logits = model(x.to(rt.device))
+        loss = segmentation_loss(logits, y.to(rt.device), "dice_ce")
+        stepper.step(loss)
         losses.append(float(loss.detach()))
     return model, losses
 
@@ -146,24 +145,24 @@ def propose(cfg: Config, progress: bool = True) -> dict:
         raise DataError(f"{cfg.data.raw_dir}: {len(thighs)} thigh CTs, but propose.val_cases is "
                         f"{pc.val_cases}: none left to train the V-Net. Add thigh CTs (data.synth.thigh) "
                         "or lower propose.val_cases.")
-    device, autocast = prepare_runtime(cfg.train)
+    rt = Runtime.of(cfg.train)
     seed_everything(pc.seed)
     val = thighs[:pc.val_cases]  # scored on their own grid below; only the rest is resampled for training
     train = thigh_volumes(cfg, thighs[pc.val_cases:])
     t0 = time.perf_counter()
-    model, losses = train_vnet(cfg, train, device, autocast)
+    model, losses = train_vnet(cfg, train, rt)
     train_s = time.perf_counter() - t0
     val_dice = {}
     for c in val:  # on the CT's own grid against its femur mask, as the labels stage makes it
         ct = load_ct(c["ct"])
-        val_dice[c["case"]] = dice(predict(model, ct, cfg, device, autocast),
+        val_dice[c["case"]] = dice(predict(model, ct, cfg, rt),
                                    bone_proposals(ct, "thigh", cfg.labels)["filled"])
     infer_s = {}
     with atomic_dir(cfg.data.proposals_dir) as tmp:
         for c in tqdm(abdomen, desc="propose", unit="CT", disable=not progress):
             t1 = time.perf_counter()
             ct = load_ct(c["ct"])
-            mask = predict(model, ct, cfg, device, autocast)
+            mask = predict(model, ct, cfg, rt)
             payload = to_nifti_bytes(mask.astype(np.uint8), ct.affine, gz=True)
             (Path(tmp) / f"{c['case']}.nii.gz").write_bytes(payload)
             infer_s[c["case"]] = round(time.perf_counter() - t1, 2)

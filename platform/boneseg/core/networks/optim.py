@@ -3,10 +3,12 @@ pretraining and the V-Net (labelling.vnet): AdamW + OneCycleLR, the loss scaled 
 the GradScaler when fp16 needs it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from boneseg.core.config import TrainConfig
-from boneseg.core.networks.runtime import scaled_step
+from boneseg.core.networks.runtime import Runtime, scaled_step
 from boneseg.errors import ConfigError
 
 
@@ -36,3 +38,34 @@ def backward_step(loss: torch.Tensor, opt, sched, scaler) -> bool:
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     return scaled_step(opt, sched, scaler)
+
+
+@dataclass
+class Stepper:
+    """A run's optimiser, schedule and loss scaler, stepped together (`step`) and saved and
+    restored together with a checkpoint."""
+
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    @staticmethod
+    def build(model, tc: TrainConfig, steps_per_epoch: int, epochs: int, rt: Runtime) -> Stepper:
+        return Stepper(*make_optim(model, tc, steps_per_epoch, epochs), rt.grad_scaler())
+
+    def step(self, loss: torch.Tensor) -> bool:
+        """Backpropagate `loss` and step; True if fp16 skipped the step."""
+        return backward_step(loss, self.opt, self.sched, self.scaler)
+
+    @property
+    def lr(self) -> float:
+        return float(self.sched.get_last_lr()[0])
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])

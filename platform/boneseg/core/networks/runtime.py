@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,30 +20,53 @@ def resolve_device(tc: TrainConfig) -> torch.device:
     return torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def autocast_args(tc: TrainConfig, device: torch.device) -> dict:
-    """train.amp as torch.autocast's arguments, one path for every device:
-    - fp16 / bf16: that autocast dtype on whatever device the run uses (CPU too, as the
-      tests do: on these CPUs it is slow, 10-70x for bf16, but it runs);
-    - auto: bf16 on CUDA where supported, else fp16; fp32 on CPU;
-    - off: fp32."""
-    if tc.amp == "off" or (tc.amp == "auto" and device.type != "cuda"):
-        return {"device_type": device.type, "enabled": False}
-    use_bf16 = tc.amp == "bf16" or (tc.amp == "auto" and torch.cuda.is_bf16_supported())
-    dtype = torch.bfloat16 if use_bf16 else torch.float16
-    return {"device_type": device.type, "dtype": dtype, "enabled": True}
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes: the device, the autocast dtype (None: fp32) and the
+    memory format of the model and its input. `Runtime.of(train)` resolves them from the
+    settings; one path for CPU and CUDA."""
 
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
 
-def amp_name(autocast: dict) -> str:
-    """The precision a run actually used, as recorded: fp32, float16 or bfloat16."""
-    return str(autocast.get("dtype", "fp32")).removeprefix("torch.") if autocast["enabled"] else "fp32"
+    @staticmethod
+    def of(tc: TrainConfig, training: bool = True) -> Runtime:
+        """Threads, device, precision and memory format of a run (training, pretraining,
+        or with training=False inference)."""
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        return Runtime.on(resolve_device(tc), tc, training)
 
+    @staticmethod
+    def on(device: torch.device | str, tc: TrainConfig, training: bool = True) -> Runtime:
+        """`train.amp` and `train.channels_last` on a given device:
+        - fp16 / bf16: that autocast dtype on whatever device the run uses (CPU too, as the
+          tests do: on these CPUs it is slow, 10-70x for bf16, but it runs);
+        - auto: bf16 on CUDA where supported, else fp16; fp32 on CPU;
+        - off: fp32."""
+        device = torch.device(device)
+        dtype = None
+        if tc.amp in ("fp16", "bf16") or (tc.amp == "auto" and device.type == "cuda"):
+            use_bf16 = tc.amp == "bf16" or (tc.amp == "auto" and torch.cuda.is_bf16_supported())
+            dtype = torch.bfloat16 if use_bf16 else torch.float16
+        return Runtime(device, dtype, use_channels_last(tc.channels_last, device, training))
 
-def prepare_runtime(tc: TrainConfig) -> tuple[torch.device, dict]:
-    """Threads, device and autocast settings of a run (training, pretraining, inference)."""
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = resolve_device(tc)
-    return device, autocast_args(tc, device)
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    @property
+    def amp(self) -> str:
+        """The precision the run uses, as recorded: fp32, float16 or bfloat16."""
+        return str(self.dtype).removeprefix("torch.") if self.dtype is not None else "fp32"
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling only for fp16 (bf16 and fp32 need none), on the run's device."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on the device, in the run's memory format."""
+        return place_model(model, self.device, self.channels_last)
 
 
 def use_channels_last(setting: bool | str, device: torch.device, training: bool = True) -> bool:
@@ -61,11 +85,6 @@ def place_model(model: torch.nn.Module, device: torch.device, channels_last: boo
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
-
-
-def grad_scaler(autocast: dict) -> torch.amp.GradScaler:
-    """Loss scaling only for fp16 (bf16 and fp32 need none), on the run's device."""
-    return torch.amp.GradScaler(autocast["device_type"], enabled=autocast.get("dtype") == torch.float16)
 
 
 def scaled_step(opt, sched, scaler) -> bool:

@@ -28,7 +28,7 @@ from boneseg.core.imaging.nifti import load_ct, load_labels, to_canonical
 from boneseg.core.io import atomic_dir
 from boneseg.core.labelling.assist import effort_html, labelling_effort
 from boneseg.core.labelmap import BONE
-from boneseg.core.layout import find_cases, label_path
+from boneseg.core.layout import PREDICTIONS, find_cases, label_path
 from boneseg.errors import DataError
 
 
@@ -135,13 +135,9 @@ def _display(rgb_xy: np.ndarray) -> np.ndarray:
 
 
 def overlay_cases(cfg: Config, res: dict) -> list[dict]:
-    """The best variant's best and worst validation cases, predicted by the fold model
-    that validated them, on the CT's own grid."""
-    import torch
-
-    from boneseg.core.inference.predict import load_fold_models, segment_volume
-    from boneseg.core.networks.runtime import autocast_args
-
+    """The best variant's best and worst validation cases: the label maps that their
+    trials scored (results/trials/<variant>/fold<k>/predictions), on the CT's own grid, so
+    the figure shows exactly what the Dice measured."""
     best_variant = res["metrics"].get("best_variant")
     rows = [r for r in res["rows"] if r["variant"] == best_variant and not math.isnan(r["bone_dice"])]
     if not rows:
@@ -150,20 +146,21 @@ def overlay_cases(cfg: Config, res: dict) -> list[dict]:
     best = max(rows, key=lambda r: r["bone_dice"])
     others = [r for r in rows if r is not best] or rows
     picks = [("best", best), ("worst", min(others, key=lambda r: r["bone_dice"]))]
-    out, cpu = [], torch.device("cpu")
+    out = []
     for kind, r in picks:
-        model = Path(cfg.sweep.model_dir) / f"fold{r['fold']}.pt"
-        if r["case"] not in cts or not model.is_file():
+        trial = Path(cfg.sweep.trials_dir) / best_variant / f"fold{r['fold']}"
+        scored = trial / PREDICTIONS / f"{r['case']}.nii.gz"
+        if r["case"] not in cts or not scored.is_file():
             continue
         ct = to_canonical(load_ct(cts[r["case"]]))
         truth = to_canonical(load_labels(label_path(cfg.data.labels_dir, r["case"]))).data == BONE
-        models = load_fold_models([model], cpu)
-        pred = segment_volume(models, ct, cpu, autocast_args(cfg.train, cpu)) == BONE
+        pred = to_canonical(load_labels(scored)).data == BONE
         err = (pred & ~truth) | (~pred & truth)
         z = int(np.argmax(err.sum(axis=(0, 1))))  # the slice with the most bone errors
         out.append({"kind": kind, "case": r["case"], "fold": r["fold"], "dice": r["bone_dice"], "z": z,
                     "ct": ct.data[:, :, z], "pred": pred[:, :, z], "truth": truth[:, :, z],
-                    "fp": int((pred & ~truth).sum()), "fn": int((~pred & truth).sum())})
+                    "tp": int((pred & truth).sum()), "fp": int((pred & ~truth).sum()),
+                    "fn": int((~pred & truth).sum())})
     return out
 
 
