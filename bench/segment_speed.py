@@ -22,7 +22,7 @@ import torch
 from boneseg.core.config import Config
 from boneseg.core.data.preprocess import stack_25d, window_planes
 from boneseg.core.imaging.nifti import Volume, save_volume
-from boneseg.core.inference.predict import find_checkpoints, segment_files
+from boneseg.core.inference.predict import ModelRequest, find_checkpoints, segment_files
 from boneseg.core.networks.models import build_model
 
 
@@ -88,15 +88,8 @@ def main() -> None:
             row = {"image_size": size, "slices": args.slices}
             for label, folds in (("one_model", [0]), ("ensemble", None)):
                 t0 = time.perf_counter()
-                segment_files(
-                    cfg,
-                    tmp / "ct.nii.gz",
-                    tmp / f"seg{size}.nii.gz",
-                    find_checkpoints(tmp / f"m{size}"),
-                    folds,
-                    "cpu",
-                    progress=False,
-                )
+                req = ModelRequest(find_checkpoints(tmp / f"m{size}"), folds, "cpu")
+                segment_files(cfg, tmp / "ct.nii.gz", tmp / f"seg{size}.nii.gz", req, progress=False)
                 row[f"{label}_s"] = round(time.perf_counter() - t0, 2)
             row["naive_one_model_s"] = round(naive_seconds(tmp / "ct.nii.gz", size), 2)
             row["slices_per_s_one_model"] = round(args.slices / row["one_model_s"], 2)

@@ -12,6 +12,7 @@ from boneseg.core.config import Config
 from boneseg.core.data.preprocess import apply_window, resize_planes, stack_25d
 from boneseg.core.imaging.nifti import Volume, load_labels, save_volume
 from boneseg.core.inference.predict import (
+    ModelRequest,
     ensemble_probabilities,
     find_checkpoints,
     load_fold_models,
@@ -77,7 +78,7 @@ def cfg() -> Config:
 
 def segment(inp, out, model, **kw):
     """What `boneseg segment --model FILE_OR_FOLDER` runs."""
-    return segment_files(cfg(), inp, out, find_checkpoints(Path(model)), progress=False, **kw)
+    return segment_files(cfg(), inp, out, ModelRequest(find_checkpoints(Path(model)), **kw), progress=False)
 
 
 RAS = np.diag([0.8, 0.7, 3.0, 1.0])

@@ -20,12 +20,14 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
+    from boneseg.core.inference.predict import ModelRequest
     from boneseg.core.labelling.assist import input_pairs, propose_cts
 
     inp = Path(args.input or cfg.data.raw_dir)
     out = Path(args.out or cfg.data.unet_proposals_dir)
     input_pairs(inp, out)  # bad paths fail before any model is fetched
-    res = propose_cts(cfg, inp, out, checkpoints(args.model, cfg), args.model, args.folds, args.device)
+    req = ModelRequest(checkpoints(args.model, cfg), args.folds, args.device, ref=args.model)
+    res = propose_cts(cfg, inp, out, req)
     for r in res:
         print(f"assist: {r['output']}  {'x'.join(map(str, r['shape']))}  ({r['seconds']:.1f} s)")
     print(f"assist: {len(res)} U-Net proposals in {out}; hand one to an annotator with "

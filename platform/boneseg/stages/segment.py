@@ -70,7 +70,7 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.core.inference.predict import plan_outputs, segment_files
+    from boneseg.core.inference.predict import ModelRequest, plan_outputs, segment_files
 
     folds = args.folds
     inp, out = Path(args.input), Path(args.output)
@@ -89,10 +89,10 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
         check_outputs([dst for _, dst in plan_outputs(inp, out)], args.force)
     files = checkpoints(args.model, cfg)
     if dicom:
-        res = segment_series(cfg, inp, out, files, folds, args.device, args.classes, args.output_format,
-                             model_label(args.model, files), seg_uid)
+        req = ModelRequest(files, folds, args.device, args.classes, model_label(args.model, files))
+        res = segment_series(cfg, inp, out, req, args.output_format, seg_uid)
     else:
-        res = segment_files(cfg, inp, out, files, folds, args.device, args.classes)
+        res = segment_files(cfg, inp, out, ModelRequest(files, folds, args.device, args.classes))
     for r in res:
         print(f"segment: {r['output']}  {'x'.join(map(str, r['shape']))}  bone {r['bone_ml']} ml  "
               f"({r['seconds']:.1f} s)")

@@ -23,12 +23,12 @@ def baselines(cfg: Config, cases: list[str]) -> dict:
 class _Printer:
     def on_start(self, info):
         print(
-            f"train: {info['variant']} fold {info['fold']} on {info['device']} ({info['amp']}), "
-            f"encoder {info['weights'].get('source')}, {len(info['train_cases'])} train / "
-            f"{len(info['val_cases'])} val patients, {info['steps_per_epoch']} steps/epoch"
+            f"train: {info.variant} fold {info.fold} on {info.device} ({info.amp}), "
+            f"encoder {info.weights.get('source')}, {len(info.train_cases)} train / "
+            f"{len(info.val_cases)} val patients, {info.steps_per_epoch} steps/epoch"
             + (
-                f", resumed after epoch {info['resumed_from_epoch'] - 1}"
-                if info["resumed_from_epoch"]
+                f", resumed after epoch {info.resumed_from_epoch - 1}"
+                if info.resumed_from_epoch
                 else ""
             ),
             flush=True,

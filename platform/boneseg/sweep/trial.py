@@ -93,8 +93,8 @@ class TuneReporter:
         self.report_seconds = 0.0  # in tune.report: Tune copies each checkpoint into its storage
 
     def on_start(self, info):
-        self.meta = {"weights_source": info["weights"].get("source", "none"), "device": info["device"],
-                     "amp": info["amp"]}
+        self.meta = {"weights_source": info.weights.get("source", "none"), "device": info.device,
+                     "amp": info.amp}
 
     def on_epoch(self, epoch, metrics, ckpt_path):
         from ray import tune

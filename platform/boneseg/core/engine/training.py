@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,28 @@ from boneseg.core.networks.models import build_model
 from boneseg.core.networks.optim import Stepper
 from boneseg.core.networks.runtime import Runtime, deterministic, rng_state, seed_everything, set_rng_state
 from boneseg.errors import ConfigError, DataError
+
+
+@dataclass
+class TrialInfo:
+    """What a trial is and how it runs, known before its first epoch; callbacks get it in
+    `on_start` (the MLflow run's tags, the terminal's first line)."""
+
+    variant: str
+    fold: int
+    classes: str  # "multi" | "single"
+    init: str  # "random" | "pretrained"
+    weights: dict  # the encoder's initial weights: {"source": ..., ...}
+    device: str
+    amp: str  # fp32 | float16 | bfloat16
+    train_cases: list[str]
+    val_cases: list[str]
+    test_cases: list[str]
+    steps_per_epoch: int
+    data_on_device: bool
+    resumed_from_epoch: int
+    out_dir: str
+    setup_seconds: float = 0.0
 
 
 @dataclass
@@ -173,24 +195,11 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
     fingerprint = trial_fingerprint(cfg, variant, fold)
     ckpt_path = out / "checkpoint.pt"
     history, start = maybe_resume(ckpt_path, fingerprint, model, stepper) if resume else ([], 0)
-    info = {
-        "variant": variant,
-        "fold": fold,
-        "classes": classes,
-        "init": init,
-        "weights": weights,
-        "device": str(rt.device),
-        "amp": rt.amp,
-        "train_cases": train_cases,
-        "val_cases": val_cases,
-        "test_cases": test_cases,
-        "steps_per_epoch": steps,
-        "data_on_device": on_device,
-        "resumed_from_epoch": start,
-    }
+    info = TrialInfo(variant, fold, classes, init, weights, str(rt.device), rt.amp, train_cases, val_cases,
+                     test_cases, steps, on_device, start, str(out))
     for cb in callbacks:
         getattr(cb, "on_start", lambda i: None)(info)
-    info["setup_seconds"] = time.perf_counter() - t_start
+    info.setup_seconds = time.perf_counter() - t_start
     last_val = None  # (summary, rows, maps) of the model as it stands, if validated after its last epoch
     for epoch in range(start, tc.epochs):
         tr = train_epoch(model, loader(epoch), stepper, tc, rt)
@@ -201,42 +210,41 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
             metrics.update(epoch_metrics(val), val_seconds=time.perf_counter() - t)
         history.append(metrics)
         save_checkpoint(ckpt_path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
-                        **stepper.state_dict(), rng=rng_state(), history=history, info=info)
+                        **stepper.state_dict(), rng=rng_state(), history=history, info=asdict(info))
         for cb in callbacks:
             getattr(cb, "on_epoch", lambda *a: None)(epoch, metrics, ckpt_path)
-    result = finish(model, cfg, out, history, info, rt, index, last_val)
+    result = finish(model, cfg, info, history, rt, last_val)
     for cb in callbacks:
         getattr(cb, "on_end", lambda r: None)(result)
     return result
 
 
-def finish(model, cfg: Config, out: Path, history: list, info: dict, rt: Runtime, index: dict,
-           last_val=None) -> TrialResult:
+def finish(model, cfg: Config, info: TrialInfo, history: list, rt: Runtime, last_val=None) -> TrialResult:
     """Final 3-D evaluation of validation and test patients -> summary.json + model.pt, and
     every predicted label map in predictions/ (cases this model did not train on).
     `last_val` is the last epoch's validation of this same model (None after a resume
     that had no epoch left to train)."""
-    classes = info["classes"]
+    classes, out, index = info.classes, Path(info.out_dir), load_index(cfg.data.slices_dir)
     t0 = time.perf_counter()
-    val, val_rows, maps = last_val or validate(model, info["val_cases"], cfg, classes, rt, index)
+    val, val_rows, maps = last_val or validate(model, info.val_cases, cfg, classes, rt, index)
     t1 = time.perf_counter()
     test, test_rows, test_maps = (
-        validate(model, info["test_cases"], cfg, classes, rt, index)
-        if info["test_cases"]
+        validate(model, info.test_cases, cfg, classes, rt, index)
+        if info.test_cases
         else ({"bone_dice": float("nan")}, [], {})
     )
     write_predictions(out / PREDICTIONS, {**maps, **test_maps})
-    timing = {"setup_s": info.get("setup_seconds", 0.0),
+    timing = {"setup_s": info.setup_seconds,
               "train_s": sum(h.get("train_seconds", 0.0) for h in history),
               "epoch_val_s": sum(h.get("val_seconds", 0.0) for h in history),
               "final_val_s": t1 - t0, "test_s": time.perf_counter() - t1}
     pre = {"image_size": index["image_size"], "window": index["window"]}
     summary = {
-        "variant": info["variant"],
-        "fold": info["fold"],
+        "variant": info.variant,
+        "fold": info.fold,
         "classes": classes,
-        "init": info["init"],
-        "weights": info["weights"],
+        "init": info.init,
+        "weights": info.weights,
         "bone_dice": val["bone_dice"],
         "mean": val,
         "metric_per_case": val_rows,
@@ -246,7 +254,7 @@ def finish(model, cfg: Config, out: Path, history: list, info: dict, rt: Runtime
     }
     write_json(out / "summary.json", summary)
     write_json(out / "history.json", history)
-    save_checkpoint(out / "model.pt", model=model.state_dict(), classes=classes, variant=info["variant"],
-                    fold=info["fold"], preprocessing=pre, weights=info["weights"])
-    return TrialResult(info["variant"], info["fold"], val["bone_dice"], test["bone_dice"], summary, history,
-                       str(out), info["weights"], info["resumed_from_epoch"])
+    save_checkpoint(out / "model.pt", model=model.state_dict(), classes=classes, variant=info.variant,
+                    fold=info.fold, preprocessing=pre, weights=info.weights)
+    return TrialResult(info.variant, info.fold, val["bone_dice"], test["bone_dice"], summary, history,
+                       str(out), info.weights, info.resumed_from_epoch)

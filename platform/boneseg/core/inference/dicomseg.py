@@ -21,7 +21,13 @@ import boneseg
 from boneseg.core.config import Config
 from boneseg.core.imaging.dicom import DicomCT, read_ct_folder
 from boneseg.core.imaging.nifti import Volume, is_nifti_name, save_volume, to_canonical
-from boneseg.core.inference.predict import bone_ml, inference_setup, output_ids, segment_volume
+from boneseg.core.inference.predict import (
+    ModelRequest,
+    inference_setup,
+    output_ids,
+    result_row,
+    segment_volume,
+)
 from boneseg.core.io import atomic_write_bytes, atomic_write_text
 from boneseg.core.labelmap import LABEL_COLOURS, LABEL_FILE, LABEL_IDS, label_description
 from boneseg.errors import DataError
@@ -112,23 +118,22 @@ def write_seg(ct: DicomCT, labels_ijk: np.ndarray, ids: list[int], model_ref: st
     return dst
 
 
-def segment_series(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], folds: list[int] | None = None,
-                   device: str = "auto", classes: str = "all", fmt: str = "nifti", model_ref: str = "",
-                   seg_uid: str | None = None, progress: bool = True) -> list[dict]:
-    """Segment the one CT series in folder `inp` with the fold models (ensembled)."""
+def segment_series(cfg: Config, inp: Path, out: Path, req: ModelRequest, fmt: str = "nifti",
+                   seg_uid: str | None = None) -> list[dict]:
+    """Segment the one CT series in folder `inp` with the requested fold models
+    (ensembled); a DICOM-SEG names the model as `req.ref`."""
     from pydicom.uid import generate_uid
 
     seg_uid = seg_uid or generate_uid()
     dst = plan_output(Path(inp), Path(out), fmt, seg_uid)
     t0 = time.perf_counter()
     ct, _ = read_ct_folder(inp)
-    tc, rt, models = inference_setup(cfg, checkpoints, folds, device)
-    labels = segment_volume(models, ct.volume, rt, classes, tc.eval_batch_size)
-    ids = output_ids(models, classes)
+    tc, rt, models = inference_setup(cfg, req)
+    labels = segment_volume(models, ct.volume, rt, req.classes, tc.eval_batch_size)
+    ids = output_ids(models, req.classes)
     if fmt == "nifti":  # the grid `boneseg import --layout dicom` gives the same series
         save_volume(to_canonical(Volume(labels, ct.volume.affine)), dst)
         atomic_write_text(dst.parent / LABEL_FILE, label_description(ids))
     else:
-        write_seg(ct, labels, ids, model_ref, dst, seg_uid)
-    return [{"output": str(dst), "shape": list(ct.volume.shape), "seconds": time.perf_counter() - t0,
-             "bone_ml": bone_ml(labels, ct.volume.spacing)}]
+        write_seg(ct, labels, ids, req.ref, dst, seg_uid)
+    return [result_row(dst, labels, ct.volume, t0)]

@@ -30,6 +30,18 @@ from boneseg.errors import DataError
 CHUNK = 8  # full-size planes resampled back at a time
 
 
+@dataclass(frozen=True)
+class ModelRequest:
+    """Which trained fold models segment, on which device, and which ids come out
+    (`boneseg segment` / `boneseg assist`'s model options)."""
+
+    checkpoints: list[Path]
+    folds: list[int] | None = None  # None: every fold model
+    device: str = "auto"  # auto | cpu | cuda
+    classes: str = "all"  # all | bone
+    ref: str = ""  # how the user named the model (a DICOM-SEG and the proposals' manifest record it)
+
+
 @dataclass
 class FoldModel:
     net: torch.nn.Module
@@ -171,38 +183,40 @@ def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def inference_setup(cfg: Config, checkpoints: list[Path], folds: list[int] | None, device: str):
-    """A `segment` run's settings, runtime and fold models (device: auto | cpu | cuda)."""
-    tc = cfg.train.model_copy(update={"device": device})
+def inference_setup(cfg: Config, req: ModelRequest):
+    """A `segment` run's settings, runtime and fold models."""
+    tc = cfg.train.model_copy(update={"device": req.device})
     rt = Runtime.of(tc, training=False)
-    return tc, rt, load_fold_models(checkpoints, rt, folds)
+    return tc, rt, load_fold_models(req.checkpoints, rt, req.folds)
 
 
-def segment_files(cfg: Config, inp: Path, out: Path, checkpoints: list[Path], folds: list[int] | None = None,
-                  device: str = "auto", classes: str = "all", progress: bool = True) -> list[dict]:
-    """Segment a CT file or folder with the fold models in `checkpoints` (ensembled)."""
-    pairs = plan_outputs(Path(inp), Path(out))
-    return segment_pairs(cfg, pairs, checkpoints, folds, device, classes, progress)
+def result_row(dst: Path, labels: np.ndarray, ct: Volume, t0: float) -> dict:
+    """What a segmentation reports: the file, the grid, the seconds it took, the bone volume."""
+    return {"output": str(dst), "shape": list(ct.shape), "seconds": time.perf_counter() - t0,
+            "bone_ml": bone_ml(labels, ct.spacing)}
 
 
-def segment_pairs(cfg: Config, pairs: list[tuple[Path, Path]], checkpoints: list[Path],
-                  folds: list[int] | None = None, device: str = "auto", classes: str = "all",
+def segment_files(cfg: Config, inp: Path, out: Path, req: ModelRequest, progress: bool = True) -> list[dict]:
+    """Segment a CT file or folder with the requested fold models (ensembled)."""
+    return segment_pairs(cfg, plan_outputs(Path(inp), Path(out)), req, progress)
+
+
+def segment_pairs(cfg: Config, pairs: list[tuple[Path, Path]], req: ModelRequest,
                   progress: bool = True) -> list[dict]:
     """(CT, output) pairs -> label maps (one atomic file each) and the label description
     file in every output folder."""
     from tqdm import tqdm
 
-    tc, rt, models = inference_setup(cfg, checkpoints, folds, device)
+    tc, rt, models = inference_setup(cfg, req)
     results = []
     for src, dst in pairs:
         t0 = time.perf_counter()
         ct = load_ct(src)
         with tqdm(total=len(models), desc=dst.name, unit="model", disable=not progress, leave=False) as bar:
-            labels = segment_volume(models, ct, rt, classes, tc.eval_batch_size, progress=bar)
+            labels = segment_volume(models, ct, rt, req.classes, tc.eval_batch_size, progress=bar)
         save_volume(Volume(labels, ct.affine), dst)
-        results.append({"output": str(dst), "shape": list(ct.shape), "seconds": time.perf_counter() - t0,
-                        "bone_ml": bone_ml(labels, ct.spacing)})
-    ids = output_ids(models, classes)
+        results.append(result_row(dst, labels, ct, t0))
+    ids = output_ids(models, req.classes)
     for folder in {dst.parent for _, dst in pairs}:
         atomic_write_text(folder / LABEL_FILE, label_description(ids))
     return results

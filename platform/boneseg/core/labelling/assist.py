@@ -16,7 +16,9 @@ but with the effort measured): a trained boneseg U-Net proposes all four classes
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from boneseg.core.config import VARIANTS, Config
 from boneseg.core.evaluation.metrics import best_variant
@@ -26,6 +28,9 @@ from boneseg.core.labelling.effort import proposal_qa
 from boneseg.core.labelling.labels import source_totals
 from boneseg.core.layout import PREDICTIONS, find_cases, load_qa, load_splits
 from boneseg.errors import DataError
+
+if TYPE_CHECKING:
+    from boneseg.core.inference.predict import ModelRequest
 
 SOURCES = {"unet": "multi", "unet-bone": "single"}  # source -> the classes of the variant behind it
 MANIFEST = "proposals.json"
@@ -45,8 +50,7 @@ def input_pairs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     return plan_outputs(inp, out)
 
 
-def propose_cts(cfg: Config, inp: Path, out: Path | None, checkpoints: list[Path], model_ref: str,
-                folds: list[int] | None = None, device: str = "auto") -> list[dict]:
+def propose_cts(cfg: Config, inp: Path, out: Path | None, req: ModelRequest) -> list[dict]:
     """Propose every CT of `inp` with the fold models (ensembled); each map is written
     atomically, and out/proposals.json records which model proposed which case."""
     import json
@@ -54,11 +58,11 @@ def propose_cts(cfg: Config, inp: Path, out: Path | None, checkpoints: list[Path
     from boneseg.core.inference.predict import segment_pairs
 
     out = Path(out or cfg.data.unet_proposals_dir)
-    res = segment_pairs(cfg, input_pairs(Path(inp), out), checkpoints, folds, device, "all")
+    res = segment_pairs(cfg, input_pairs(Path(inp), out), replace(req, classes="all"))
     path = out / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     for r in res:
-        manifest[Path(r["output"]).name] = {"model": model_ref, "folds": folds or "all"}
+        manifest[Path(r["output"]).name] = {"model": req.ref, "folds": req.folds or "all"}
     write_json(path, dict(sorted(manifest.items())))
     return res
 
