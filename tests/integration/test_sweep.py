@@ -18,10 +18,18 @@ import pytest
 from boneseg.core.config import VARIANTS, to_yaml
 from boneseg.errors import ConfigError
 from boneseg.sweep.driver import run_sweep
-from boneseg.sweep.faults import FAULT_ENV
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+FAULTS = Path(__file__).resolve().parents[1] / "faults"  # the injector, on the trials' PYTHONPATH only
+
+
+def inject_fault(monkeypatch, spec: str) -> None:
+    """One trial fails once as `spec` says (tests/faults/fault_injector.py): the Ray
+    workers started after this pick it up through sitecustomize.py."""
+    monkeypatch.setenv("BONESEG_INJECT_FAULT", spec)
+    path = [str(FAULTS), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
 
 
 def sweep_cfg(base, tmp_path, variants=("multi-random", "single-random"), epochs=1, uri=None, val_every=1,
@@ -243,7 +251,7 @@ def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     marker = tmp_path / "fault.done"
-    monkeypatch.setenv(FAULT_ENV, f"{kind}:multi-random:0:0:{marker}")
+    inject_fault(monkeypatch, f"{kind}:multi-random:0:0:{marker}")
     cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random",), epochs=2)
     run_sweep(cfg)
     assert marker.read_text() == kind  # the fault did happen
@@ -266,7 +274,7 @@ def test_validation_every_k_epochs_checkpoints_there_and_a_retry_resumes_from_it
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     marker = tmp_path / "fault.done"
-    monkeypatch.setenv(FAULT_ENV, f"sigkill:multi-random:1:1:{marker}")
+    inject_fault(monkeypatch, f"sigkill:multi-random:1:1:{marker}")
     cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random",), epochs=3, val_every=2)
     run_sweep(cfg)
     assert marker.read_text() == "sigkill"

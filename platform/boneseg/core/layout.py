@@ -50,6 +50,15 @@ def find_cases(raw_dir: str | Path) -> list[dict]:
     return cases
 
 
+def find_case(raw_dir: str | Path, case_id: str) -> dict:
+    """One case of `find_cases` by its id, or a DataError that says how to list them."""
+    for c in find_cases(raw_dir):
+        if c["case"] == case_id:
+            return c
+    raise DataError(f"case {case_id!r}: not under {raw_dir}. Give a case id as `boneseg labels` "
+                    "lists them (e.g. abd000).")
+
+
 def label_path(labels_dir: str | Path, case: str) -> Path:
     return Path(labels_dir) / f"{case}.nii.gz"
 

@@ -19,9 +19,9 @@ def add_parser(sub) -> None:
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
     from boneseg.core.imaging.nifti import load_ct, load_labels
-    from boneseg.core.reporting.preview import find_case, histogram, render
+    from boneseg.core.reporting.preview import histogram, preview_inputs, render
 
-    ct_path, lab_path = find_case(args.case, cfg)
+    ct_path, lab_path = preview_inputs(args.case, cfg)
     if args.labels:
         lab_path = Path(args.labels)
     ct = load_ct(ct_path)

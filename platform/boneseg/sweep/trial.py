@@ -26,7 +26,6 @@ from pathlib import Path
 
 from boneseg.core.config import Config
 from boneseg.core.layout import PREDICTIONS
-from boneseg.sweep.faults import Injector
 from boneseg.sweep.storage import ResumePoint, Storage
 
 FINAL = "final.json"  # in the last checkpoint: the trial's final result, reported again on restore
@@ -88,7 +87,6 @@ class TuneReporter:
         self.scratch, self.variant, self.fold = scratch, variant, fold
         self.resume = resume  # None: no resume point kept
         self.node = ray.get_runtime_context().get_node_id()
-        self.fault = Injector.from_env(variant, fold)
         self.meta: dict = {}
         self.report_seconds = 0.0  # in tune.report: Tune copies each checkpoint into its storage
 
@@ -105,8 +103,6 @@ class TuneReporter:
             self.resume.put(Path(ckpt_path))
         tune.report(result)
         self.report_seconds += time.perf_counter() - t0
-        if self.fault:
-            self.fault.after_epoch(epoch)
 
 
 def _restore(scratch: Path, resume: ResumePoint | None) -> dict | None:
@@ -119,9 +115,6 @@ def _restore(scratch: Path, resume: ResumePoint | None) -> dict | None:
         with ckpt.as_directory() as d:
             if (Path(d) / FINAL).is_file():
                 return {"final": json.loads((Path(d) / FINAL).read_text()), "checkpoint": ckpt}
-            if (Path(d) / "checkpoint.pt").is_file():  # an epoch checkpoint of an older boneseg
-                shutil.copy2(Path(d) / "checkpoint.pt", scratch / "checkpoint.pt")
-                return None
     if resume:
         resume.get(scratch / "checkpoint.pt")
     return None

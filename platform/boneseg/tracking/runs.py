@@ -8,6 +8,7 @@ only records: every score it holds was computed before (`core.evaluation.metrics
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -136,14 +137,14 @@ def trial_params(cfg: Config) -> dict[str, str]:
                     "experiment": cfg.experiment or "quick"})
 
 
-def log_trial_start(client, run_id: str, cfg: Config, info) -> None:
+def log_trial_start(client, run_id: str, cfg: Config, info: dict) -> None:
     """Params and the tags that slice the grid in the MLflow UI: variant, classes, init, fold."""
     from mlflow.entities import Param
 
-    w = info.weights
-    init = "random" if info.init == "random" else f"pretrained:{w.get('source')}"
-    fields = {"variant": info.variant, "classes": info.classes, "init": init, "fold": str(info.fold),
-              "weights_source": w.get("source", "none"), "device": info.device, "amp": info.amp}
+    w = info["weights"]
+    init = "random" if info["init"] == "random" else f"pretrained:{w.get('source')}"
+    fields = {"variant": info["variant"], "classes": info["classes"], "init": init, "fold": str(info["fold"]),
+              "weights_source": w.get("source", "none"), "device": info["device"], "amp": info["amp"]}
     params = {**trial_params(cfg), **fields}
     existing = client.get_run(run_id).data.params  # a resumed trial: params are already there
     new = [Param(k, v[:6000]) for k, v in params.items() if k not in existing]
@@ -184,8 +185,8 @@ class MlflowTrial:
         self.run_id = self.client.create_run(exp_id, tags=all_tags, run_name=run_name).info.run_id
         self.cfg = cfg
 
-    def on_start(self, info) -> None:
-        log_trial_start(self.client, self.run_id, self.cfg, info)
+    def on_start(self, info) -> None:  # a TrialInfo
+        log_trial_start(self.client, self.run_id, self.cfg, dataclasses.asdict(info))
 
     def on_epoch(self, epoch: int, metrics: dict, checkpoint_path=None) -> None:
         log_epoch(self.client, self.run_id, epoch, metrics)

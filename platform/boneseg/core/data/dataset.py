@@ -24,7 +24,7 @@ def open_targets(case_dir: Path, targets: str, mmap: bool = True) -> np.ndarray:
     check_targets(targets)
     path = Path(case_dir) / TARGET_FILES[targets]
     if not path.is_file():
-        raise DataError(f"{path}: not found (slices from an older boneseg). Re-run `boneseg slices`.")
+        raise DataError(f"{path}: not found. Re-run `boneseg slices` (or `dvc repro slices`).")
     return np.load(path, mmap_mode="r" if mmap else None)
 
 

@@ -10,9 +10,12 @@ import torch.nn.functional as F
 from boneseg.core.labelmap import LABEL_IDS
 
 
-def apply_window(hu: np.ndarray, window) -> np.ndarray:
-    """HU -> [0, 1] float32, clipped to the window (low_hu, high_hu)."""
+def apply_window(hu, window):
+    """HU -> [0, 1], clipped to the window (low_hu, high_hu): a numpy array as float32,
+    a torch tensor in its own dtype (the V-Net's resampled volumes), clamped in place."""
     lo, hi = window
+    if not isinstance(hu, np.ndarray) and hasattr(hu, "clamp_"):
+        return ((hu - lo) / (hi - lo)).clamp_(0, 1)
     return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 

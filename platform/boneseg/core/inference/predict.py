@@ -105,7 +105,7 @@ def load_fold_models(paths: list[Path], rt: Runtime, folds: list[int] | None = N
         net, _ = build_model(LabelSpec.of(state["classes"]).channels, "none")
         net.load_state_dict(state["model"])
         rt.place(net).eval()
-        out.append(FoldModel(net, state["classes"], state.get("variant", state.get("case", "?")), seen[-1],
+        out.append(FoldModel(net, state["classes"], state.get("variant", "?"), seen[-1],
                              dict(state["preprocessing"])))
     if not out:
         raise DataError(f"--folds {folds}: none of the {len(paths)} fold models ({sorted(seen)}) matches.")

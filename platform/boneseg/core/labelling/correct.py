@@ -27,7 +27,7 @@ from boneseg.core.io import atomic_dir, atomic_path
 from boneseg.core.labelling.effort import effort
 from boneseg.core.labelling.labels import bone_proposals, vnet_proposal
 from boneseg.core.labelmap import LABEL_FILE, LABEL_IDS, SLICER_FILE, label_description, slicer_color_table
-from boneseg.core.layout import correction_path, find_cases
+from boneseg.core.layout import correction_path, find_case
 from boneseg.errors import DataError
 
 WORKSPACE = "workspace.json"
@@ -52,14 +52,6 @@ table {slicer}, edit in Segment Editor, export the segmentation as a label map .
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def find_case(cfg: Config, case_id: str) -> dict:
-    for c in find_cases(cfg.data.raw_dir):
-        if c["case"] == case_id:
-            return c
-    raise DataError(f"case {case_id!r}: not under {cfg.data.raw_dir}. Give a case id as `boneseg labels` "
-                    "lists them (e.g. abd000).")
 
 
 def start_map(cfg: Config, case: dict, ct: Volume, proposal: str) -> np.ndarray:
@@ -88,7 +80,7 @@ def export_case(cfg: Config, case_id: str, out_dir: str | Path | None = None,
                 proposal: str | None = None, force: bool = False) -> tuple[Path, str]:
     """Write the workspace; returns (folder, the ITK-SNAP command that opens it). An existing
     workspace may hold an annotator's unsaved work: it is replaced only with `force`."""
-    case = find_case(cfg, case_id)
+    case = find_case(cfg.data.raw_dir, case_id)
     folder = Path(out_dir or cfg.data.annotate_dir) / case_id
     if folder.exists() and not force:
         raise DataError(f"{folder}: a workspace for {case_id} exists and may hold edits. Import them "
@@ -125,7 +117,7 @@ def import_correction(cfg: Config, case_id: str, edited: str | Path, force: bool
 
 
 def _import_correction(cfg: Config, case_id: str, edited: Path, force: bool) -> dict:
-    case = find_case(cfg, case_id)
+    case = find_case(cfg.data.raw_dir, case_id)
     dst = correction_path(cfg.data.corrections_dir, case_id)
     if dst.exists() and not force:
         raise DataError(f"{dst}: {case_id} has a correction already (someone's hand work). Nothing was "

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from boneseg.core.config import Config
+from boneseg.core.data.preprocess import apply_window
 from boneseg.core.evaluation.metrics import dice
 from boneseg.core.imaging.nifti import Volume, load_ct, to_nifti_bytes
 from boneseg.core.io import atomic_dir
@@ -58,18 +59,14 @@ def resample(vol: np.ndarray, spacing, target, mode: str) -> torch.Tensor:
     return F.interpolate(t, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
 
 
-def window(hu: torch.Tensor, lo_hi) -> torch.Tensor:
-    lo, hi = lo_hi
-    return ((hu - lo) / (hi - lo)).clamp_(0, 1)
-
-
 def thigh_volumes(cfg: Config, cases: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
     """Each thigh CT and its femur mask at the V-Net's spacing: (image, mask, case)."""
     out = []
     for c in cases:
         ct = load_ct(c["ct"])
         femur = bone_proposals(ct, "thigh", cfg.labels)["filled"]
-        img = window(resample(ct.data, ct.spacing, cfg.propose.spacing_mm, "trilinear"), cfg.data.window)
+        hu = resample(ct.data, ct.spacing, cfg.propose.spacing_mm, "trilinear")
+        img = apply_window(hu, cfg.data.window)
         out.append((img, resample(femur, ct.spacing, cfg.propose.spacing_mm, "nearest"), c))
     return out
 
@@ -99,7 +96,8 @@ def predict(model, ct: Volume, cfg: Config, rt: Runtime) -> np.ndarray:
     from monai.inferers import sliding_window_inference
 
     pc = cfg.propose
-    img = window(resample(ct.data, ct.spacing, pc.spacing_mm, "trilinear"), cfg.data.window).to(rt.device)
+    hu = resample(ct.data, ct.spacing, pc.spacing_mm, "trilinear")
+    img = apply_window(hu, cfg.data.window).to(rt.device)
     model.eval()
     with torch.no_grad(), rt.autocast():
         logits = sliding_window_inference(img, list(pc.window), 2, model, overlap=pc.overlap)

@@ -10,26 +10,26 @@ from boneseg.core.data.preprocess import apply_window
 from boneseg.core.imaging.nifti import Volume
 from boneseg.core.io import atomic_path
 from boneseg.core.labelmap import LABEL_COLOURS, LABEL_IDS
-from boneseg.core.layout import label_path
+from boneseg.core.layout import find_case, label_path
+from boneseg.core.reporting.figures import pyplot
 from boneseg.errors import DataError
 
 COLOURS = {k: tuple(c / 255 for c in rgb) for k, rgb in LABEL_COLOURS.items()}  # matplotlib's 0-1 RGB
 DISPLAY_WINDOW = (-300, 1200)  # HU shown in previews: wider than the model's window, for a person
 
 
-def find_case(ref: str, cfg: Config) -> tuple[Path, Path | None]:
-    """CASE id or a CT file -> (ct path, label path or None)."""
+def preview_inputs(ref: str, cfg: Config) -> tuple[Path, Path | None]:
+    """CASE id or a CT file -> (ct path, label path or None): a case's derived labels,
+    else its truth."""
     p = Path(ref)
     if p.is_file():
         truth = p.with_name("truth.nii.gz")
         return p, truth if truth.is_file() and truth != p else None
-    hits = sorted(Path(cfg.data.raw_dir).glob(f"*/{ref}/ct.nii.gz"))
-    if not hits:
-        raise DataError(f"{ref}: neither a file nor a case under {cfg.data.raw_dir}/<cohort>/. "
-                        "Pass a .nii.gz path or run `boneseg synth` / `boneseg import` first.")
+    if p.suffix in (".gz", ".nii") or "/" in ref:
+        raise DataError(f"{ref}: file not found. Pass a CT .nii/.nii.gz or a case id (e.g. abd000).")
+    case = find_case(cfg.data.raw_dir, ref)
     derived = label_path(cfg.data.labels_dir, ref)
-    truth = hits[0].with_name("truth.nii.gz")
-    return hits[0], derived if derived.is_file() else (truth if truth.is_file() else None)
+    return case["ct"], derived if derived.is_file() else case["truth"]
 
 
 def overlay(gray: np.ndarray, labels: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
@@ -43,11 +43,7 @@ def overlay(gray: np.ndarray, labels: np.ndarray | None, alpha: float = 0.45) ->
 
 
 def render(ct: Volume, labels: Volume | None, out: Path, title: str, hu_window=DISPLAY_WINDOW) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     nz = ct.shape[2]
     zs = [int(nz * f) for f in (0.15, 0.5, 0.85)]
     sx, sy, sz = ct.spacing
@@ -76,11 +72,7 @@ def render(ct: Volume, labels: Volume | None, out: Path, title: str, hu_window=D
 
 def histogram(ct: Volume, labels: Volume, out: Path, title: str) -> Path:
     """HU histogram of each label class (log counts), with the default bone thresholds marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     bins = np.arange(-300, 1800, 20)
     names = {0: "background (body)", **{k: LABEL_IDS[k] for k in COLOURS}}

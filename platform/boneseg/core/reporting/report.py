@@ -29,6 +29,7 @@ from boneseg.core.io import atomic_dir
 from boneseg.core.labelling.assist import effort_html, labelling_effort
 from boneseg.core.labelmap import BONE
 from boneseg.core.layout import PREDICTIONS, find_cases, label_path
+from boneseg.core.reporting.figures import pyplot
 from boneseg.errors import DataError
 
 
@@ -50,7 +51,7 @@ def load_results(cfg: Config) -> dict:
         reader = csv.DictReader(fh)
         if "variant" not in (reader.fieldnames or []):
             raise DataError(
-                f"{folds_path}: written by an older boneseg (no variant column). Run a fresh sweep "
+                f"{folds_path}: not a boneseg folds.csv (no variant column). Run the sweep "
                 "(`dvc repro sweep`)."
             )
         rows = [{"variant": r["variant"], "fold": int(r["fold"]), "case": r["case"],
@@ -65,18 +66,9 @@ def load_results(cfg: Config) -> dict:
 
 
 # ---------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def fig_folds(res: dict, path: Path) -> None:
     """Per variant: every case's bone Dice (colour = fold), fold means (bars), the variant's score."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.9 * len(res["variants"]) + 2, 4.2), dpi=110)
     rng = np.random.default_rng(0)
     folds = sorted({r["fold"] for r in res["rows"]})
@@ -106,7 +98,7 @@ def fig_folds(res: dict, path: Path) -> None:
 
 
 def fig_curves(res: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     colours = {c: plt.get_cmap("tab10")(i) for i, c in enumerate(res["variants"])}
     labelled = set()  # one legend entry per variant
@@ -165,7 +157,7 @@ def overlay_cases(cfg: Config, res: dict) -> list[dict]:
 
 
 def fig_overlays(items: list[dict], window, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(items), 2, figsize=(8, 4 * len(items)), dpi=110, squeeze=False)
     for row, it in zip(axes, items):
         img = apply_window(it["ct"], window)
