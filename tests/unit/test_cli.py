@@ -106,3 +106,33 @@ def test_telemetry_is_off_by_default():
 
 def test_parser_builds():
     assert build_parser().prog == "boneseg"
+
+
+def test_every_option_has_help_that_shows_its_default():
+    """Each option and argument of every command says what it is; an option with a
+    default value shows it in `--help` (HelpFormatter), or its help names where the
+    default comes from (e.g. "default: data.raw_dir")."""
+    import argparse
+
+    from boneseg.cli import HelpFormatter
+
+    def parsers(p, name="boneseg"):
+        yield name, p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub_name, sub in a.choices.items():
+                    yield from parsers(sub, f"{name} {sub_name}")
+
+    missing = []
+    for name, p in parsers(build_parser()):
+        fmt = HelpFormatter(name)
+        for a in p._actions:
+            if isinstance(a, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                continue
+            what = "/".join(a.option_strings) or a.dest
+            shown = fmt._get_help_string(a) or ""
+            if not (a.help or "").strip():
+                missing.append(f"{name} {what}: no help text")
+            elif a.default not in (None, False, [], argparse.SUPPRESS) and "default" not in shown:
+                missing.append(f"{name} {what}: the default {a.default!r} is not shown")
+    assert not missing, "\n".join(missing)

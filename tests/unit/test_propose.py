@@ -9,11 +9,12 @@ import torch
 
 from boneseg.core.config import Config
 from boneseg.core.imaging.nifti import Volume
-from boneseg.core.labelling.labels import derive_labels, source_table
+from boneseg.core.labelling.labels import derive_labels
 from boneseg.core.labelling.vnet import predict, propose, random_crops
 from boneseg.core.layout import find_cases, load_qa
 from boneseg.core.networks.runtime import Runtime
 from boneseg.errors import DataError
+from boneseg.stages.tables import source_table
 
 
 def tiny(cfg: Config, tmp_path, **propose_kw) -> Config:

@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.core.labelling.labels import derive_labels, source_table, table
+    from boneseg.core.labelling.labels import derive_labels
+    from boneseg.stages.tables import source_table, table
 
     report = derive_labels(cfg)
     print(table(report["cases"]))

@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.core.labelling.labels import source_table
     from boneseg.core.reporting.report import build_report, fmt
+    from boneseg.stages.tables import source_table
     from boneseg.tracking.sweep_runs import log_report
 
     rep = build_report(cfg)

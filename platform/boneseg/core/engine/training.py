@@ -162,6 +162,20 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
         return _fit(cfg, variant, fold, out_dir, callbacks, resume)
 
 
+def epoch_loader(ds: SliceDataset, tc: TrainConfig, rt: Runtime):
+    """(epoch -> that epoch's batches, whether they come from the device): the same batches
+    either way (core/data/device_data.py)."""
+    on_device = use_device_data(tc.data_on_device, ds, rt.device)
+    slices = DeviceSlices.from_dataset(ds, rt.device, rt.channels_last) if on_device else None
+
+    def loader(epoch: int):
+        if slices is not None:
+            return slices.batches(tc.batch_size, epoch, tc.seed)
+        return make_loader(ds, tc, epoch, tc.seed)
+
+    return loader, on_device
+
+
 def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool) -> TrialResult:
     t_start = time.perf_counter()
     if variant not in VARIANTS:
@@ -173,23 +187,14 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
     index = load_index(cfg.data.slices_dir)
     rt = Runtime.of(tc)
     seed_everything(tc.seed + fold)
-    model, weights = build_model(
-        LabelSpec.of(classes).channels,
-        cfg.model.encoder_weights if init == "pretrained" else "none",
-        cfg.model.thigh_weights,
-    )
+    model, weights = build_model(LabelSpec.of(classes).channels,
+                                 cfg.model.encoder_weights if init == "pretrained" else "none",
+                                 cfg.model.thigh_weights)
     rt.place(model)
     ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
     if len(ds) == 0:
         raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
-    on_device = use_device_data(tc.data_on_device, ds, rt.device)
-    slices = DeviceSlices.from_dataset(ds, rt.device, rt.channels_last) if on_device else None
-
-    def loader(epoch: int):  # the same batches either way (core/data/device_data.py)
-        if slices is not None:
-            return slices.batches(tc.batch_size, epoch, tc.seed)
-        return make_loader(ds, tc, epoch, tc.seed)
-
+    loader, on_device = epoch_loader(ds, tc, rt)
     steps = len(loader(0))
     stepper = Stepper.build(model, tc, steps, tc.epochs, rt)
     fingerprint = trial_fingerprint(cfg, variant, fold)
