@@ -153,7 +153,33 @@ def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkey
             folder = tmp_path / "trials" / variant / f"fold{k}" / "predictions"
             got = sorted(p.name for p in folder.iterdir())
             assert got == sorted(f"{case}.nii.gz" for case in f["val"] + splits["test"])
+    check_outputs_are_documented(tmp_path, metrics, manifest, c, fold)
     check_segment_and_report(cfg, tmp_path, c, parent.info.run_id, metrics, monkeypatch)
+
+
+def check_outputs_are_documented(tmp_path, metrics, manifest, client, fold_run):
+    """docs/reference/outputs.md lists exactly the keys the sweep wrote."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from outputs_doc import documented_keys
+
+    doc = documented_keys()
+    summary = json.loads(next((tmp_path / "trials").glob("*/fold0/summary.json")).read_text())
+    written = {
+        "metrics.variant": {k for v, m in metrics.items() if v != "best_variant" for k in m},
+        "folds.columns": set((tmp_path / "folds.csv").read_text().splitlines()[0].split(",")),
+        "summary": set(summary),
+        "summary.mean": set(summary["mean"]),
+        "summary.case": {k for row in summary["metric_per_case"] for k in row},
+        "summary.timing": set(summary["timing"]),
+        "model": set(manifest),
+        "mlflow.fold": {k for k in client.get_run(fold_run.info.run_id).data.metrics
+                        if not k.startswith(("val_", "train_")) and k not in ("lr", "images_per_s")},
+    }
+    assert set(doc) == set(written), "docs/reference/outputs.md: tables and checks differ"
+    for name, keys in written.items():
+        extra, missing = sorted(doc[name] - keys), sorted(keys - doc[name])
+        assert doc[name] == keys, f"docs/reference/outputs.md [{name}]: documented {extra} not written, " \
+                                  f"written {missing} not documented"
 
 
 def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypatch):
