@@ -87,7 +87,7 @@ def fold_cases(cfg: Config, fold: int) -> tuple[list[str], list[str], list[str]]
     """(train, validation, test) case ids of cross-validation fold `fold`."""
     splits = load_splits(cfg.data.splits_file)
     if not 0 <= fold < len(splits["folds"]):
-        raise ConfigError(f"--fold {fold}: {cfg.data.splits_file} has folds 0..{len(splits['folds']) - 1}.")
+        raise ConfigError(f"fold {fold}: {cfg.data.splits_file} has folds 0..{len(splits['folds']) - 1}.")
     f = splits["folds"][fold]
     return f["train"], f["val"], splits["test"]
 

@@ -67,7 +67,8 @@ def pair_files(pred: Path, truth: Path) -> list[tuple[str, Path, Path]]:
     if pred.is_file() and truth.is_file():
         return [(strip_nifti_suffix(pred.name), pred, truth)]
     if not (pred.is_dir() and truth.is_dir()):
-        raise DataError(f"--pred {pred} / --truth {truth}: give two files or two folders that exist.")
+        raise DataError(f"{pred} / {truth}: give two files or two folders that exist "
+                        "(predictions, then truth).")
     truths = {strip_nifti_suffix(p.name): p for p in sorted(truth.glob("*.nii*"))}
     pairs = []
     for p in sorted(pred.glob("*.nii*")):

@@ -368,10 +368,10 @@ def read_ct_folder(folder: str | os.PathLike) -> tuple[DicomCT, list[str]]:
     localizers = [s.name for s in found if s.localizer]
     cts = [s for s in found if not s.localizer]
     if not cts:
-        raise DataError(f"--input {folder}: no DICOM CT series in this folder"
+        raise DataError(f"{folder}: no DICOM CT series in this folder"
                         f"{' (only localizers)' if localizers else ''}.")
     if len(cts) > 1:
-        raise DataError(f"--input {folder}: {len(cts)} series ({', '.join(s.name for s in cts)}). "
+        raise DataError(f"{folder}: {len(cts)} series ({', '.join(s.name for s in cts)}). "
                         "Point --input at one series' folder, or import them all with "
                         "`boneseg import --layout dicom`.")
     return read_series(cts[0]), localizers

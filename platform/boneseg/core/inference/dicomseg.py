@@ -48,14 +48,14 @@ def plan_output(inp: Path, out: Path, fmt: str, seg_uid: str) -> Path:
     else `out/seg-<seg_uid>.nii.gz` (or .dcm): named after the SEG's own UID, never after the
     source folder (PACS exports name folders after patients)."""
     if fmt not in FORMATS:
-        raise DataError(f"--output-format {fmt!r}: expected one of {', '.join(FORMATS)}.")
+        raise DataError(f"output format {fmt!r}: expected one of {', '.join(FORMATS)}.")
     suffix = ".nii.gz" if fmt == "nifti" else ".dcm"
     named = is_nifti_name(out) if fmt == "nifti" else out.suffix.lower() == ".dcm"
     if fmt == "dicom-seg" and is_nifti_name(out):
-        raise DataError(f"--output {out}: a DICOM-SEG is a .dcm file (or give a folder).")
+        raise DataError(f"{out}: a DICOM-SEG is a .dcm file (or give a folder).")
     dst = out if named else out / f"seg-{seg_uid}{suffix}"
     if inp.resolve() in dst.resolve().parents:
-        raise DataError(f"--output {dst}: inside the input series folder, where it would join the series. "
+        raise DataError(f"{dst}: inside the input series folder, where it would join the series. "
                         "Write it elsewhere.")
     return dst
 

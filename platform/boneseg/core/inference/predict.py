@@ -76,8 +76,8 @@ def find_checkpoints(path: Path) -> list[Path]:
         found = sorted(path.glob("fold*.pt")) or sorted(path.rglob("model.pt"))
         if found:
             return found
-        raise DataError(f"--model {path}: no fold*.pt or model.pt checkpoints in this folder.")
-    raise DataError(f"--model {path}: not found.")
+        raise DataError(f"{path}: no fold*.pt or model.pt checkpoints in this folder.")
+    raise DataError(f"{path}: not found.")
 
 
 def read_model_file(path: Path) -> dict:
@@ -108,10 +108,10 @@ def load_fold_models(paths: list[Path], rt: Runtime, folds: list[int] | None = N
         out.append(FoldModel(net, state["classes"], state.get("variant", "?"), seen[-1],
                              dict(state["preprocessing"])))
     if not out:
-        raise DataError(f"--folds {folds}: none of the {len(paths)} fold models ({sorted(seen)}) matches.")
+        raise DataError(f"folds {folds}: none of the {len(paths)} fold models ({sorted(seen)}) matches.")
     kinds = {(m.classes, m.preprocessing["image_size"], tuple(m.preprocessing["window"])) for m in out}
     if len(kinds) > 1:
-        raise DataError(f"--model: the fold models differ in classes or preprocessing {sorted(kinds)}; "
+        raise DataError(f"the fold models differ in classes or preprocessing {sorted(kinds)}; "
                         "an ensemble needs one kind. Pick them with --folds.")
     return out
 
@@ -167,19 +167,19 @@ def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     if inp.is_dir():
         files = sorted(p for p in inp.iterdir() if p.is_file() and is_nifti_name(p))
         if not files:
-            raise DataError(f"--input {inp}: no .nii/.nii.gz files in this folder.")
+            raise DataError(f"{inp}: no .nii/.nii.gz files in this folder.")
         if is_nifti_name(out):
-            raise DataError(f"--output {out}: a folder input needs a folder output.")
+            raise DataError(f"{out}: a folder input needs a folder output.")
         pairs = [(p, out / p.name) for p in files]
     elif inp.is_file():
         if not is_nifti_name(inp):
-            raise DataError(f"--input {inp}: expected a .nii or .nii.gz file.")
+            raise DataError(f"{inp}: expected a .nii or .nii.gz file.")
         pairs = [(inp, out if is_nifti_name(out) else out / inp.name)]
     else:
-        raise DataError(f"--input {inp}: not found. Give a CT .nii/.nii.gz file or a folder of them.")
+        raise DataError(f"{inp}: not found. Give a CT .nii/.nii.gz file or a folder of them.")
     for src, dst in pairs:
         if dst.resolve() == src.resolve():
-            raise DataError(f"--output {dst}: would overwrite its input CT. Choose another output path.")
+            raise DataError(f"{dst}: would overwrite its input CT. Choose another output path.")
     return pairs
 
 

@@ -45,7 +45,7 @@ def input_pairs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     if inp.is_dir() and any(inp.glob("*/*/ct.nii.gz")):
         pairs = [(c["ct"], out / f"{c['case']}.nii.gz") for c in find_cases(inp) if c["cohort"] != "thigh"]
         if not pairs:
-            raise DataError(f"--input {inp}: only thigh CTs; the U-Net proposes abdominal label maps.")
+            raise DataError(f"{inp}: only thigh CTs; the U-Net proposes abdominal label maps.")
         return pairs
     return plan_outputs(inp, out)
 
