@@ -1,4 +1,4 @@
-"""The one prepared GPU check (run by bench/gpu_check.sh when a GPU is lent; its --smoke
+"""The one prepared GPU check (run by bench/gpu_check.sh on a GPU machine; its --smoke
 mode runs on CPU in the test suite, so it cannot rot). Writes OUT/gpu_check.json and
 OUT/gpu_check.md (a readable table):
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (bench/gpu_check.py): at most 8 minutes on one GPU; writes
-# OUT/gpu_check.json and OUT/gpu_check.md. Run it once, when a GPU machine is lent:
+# OUT/gpu_check.json and OUT/gpu_check.md. Run it once on a GPU machine:
 #   bash bench/gpu_check.sh "$OUT"
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 """bench/gpu_check.py's CPU smoke mode: every part of the GPU check runs (tiny sizes), so
-the script is ready, not rotten, when a GPU is lent."""
+the script is ready, not rotten, for a GPU machine."""
 import json
 import subprocess
 import sys
