@@ -217,7 +217,7 @@ def data_rate(dev, size: int, batch: int, batches: int) -> dict:
     n = 512  # the tensors directly: no files needed for a rate
     nbr = torch.clamp(torch.arange(n)[:, None] + torch.tensor([-1, 0, 1]), 0, n - 1)
     targets = torch.randint(0, 5, (n, size, size), dtype=torch.uint8)
-    d = DeviceSlices(torch.rand(n, size, size).half(), targets, nbr, "multi", False, dev, channels_last=True)
+    d = DeviceSlices(torch.rand(n, size, size).half(), targets, nbr, "multi", dev, channels_last=True)
     out = {}
     for aug in (False, True):
         step_tc = tc.model_copy(update={"augment": aug, "patch_size": None, "channels_last": True})

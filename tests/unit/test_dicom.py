@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from boneseg.core.data.importing import import_cohort
+from boneseg.core.data.importing import ImportOptions, import_cohort
 from boneseg.core.imaging.dicom import scan_series
 from boneseg.core.imaging.nifti import Volume, load_ct, to_canonical
 from boneseg.errors import DataError
@@ -190,8 +190,9 @@ def test_bad_dicom_is_refused_naming_the_series_and_nothing_is_written(tmp_path,
 def test_skip_invalid_imports_the_good_series_and_lists_the_bad_one(tmp_path):
     write_dicom_series(make_ct(seed=1), tmp_path / "src/ok", series_number=5)
     _drop_middle(write_dicom_series(make_ct(seed=2), tmp_path / "src/gap", series_number=6))
-    dirs, _, skipped = import_cohort(tmp_path / "src", tmp_path / "raw", "dicom", skip_invalid=True,
-                                  id_map_path=tmp_path / "m.json")
+    dirs, _, skipped = import_cohort(tmp_path / "src", tmp_path / "raw", "dicom",
+                                     options=ImportOptions(skip_invalid=True),
+                                     id_map_path=tmp_path / "m.json")
     assert len(dirs) == 1 and len(skipped) == 1
     assert skipped[0].startswith("series 6 in gap: ") and "missing between positions" in skipped[0]
 

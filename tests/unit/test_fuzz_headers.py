@@ -15,7 +15,7 @@ import pydicom
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from boneseg.core.data.importing import import_cohort
+from boneseg.core.data.importing import ImportOptions, import_cohort
 from boneseg.core.layout import find_cases
 from boneseg.errors import DataError
 from conftest import RAS, make_ct, write_dicom_series
@@ -40,7 +40,8 @@ def run_import(src: Path, out: Path, layout: str, outcomes: Counter) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            written, _, skipped = import_cohort(src, out, layout, max_voxels=MAX_VOXELS,
+            options = ImportOptions(max_voxels=MAX_VOXELS)
+            written, _, skipped = import_cohort(src, out, layout, options=options,
                                                 id_map_path=out.parent / "map.json")
     except DataError as exc:
         message = str(exc).strip()

@@ -4,7 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from boneseg.core.data.importing import import_cohort, ts_label_id
+from boneseg.core.data.importing import ImportOptions, import_cohort
+from boneseg.core.data.sources import ts_label_id
 from boneseg.core.imaging.nifti import Volume, load_ct, load_labels, save_volume
 from boneseg.errors import DataError
 from conftest import LPS, make_ct, make_labels
@@ -82,7 +83,7 @@ def test_one_bad_case_leaves_output_untouched(tmp_path):
 def test_skip_invalid_imports_the_rest_and_says_why(tmp_path):
     src = nifti_source(tmp_path / "src", n=3)
     (src / "images" / "patient_Smith_2.nii.gz").write_bytes(b"garbage")
-    dirs, _, skipped = import_cohort(src, tmp_path / "raw", skip_invalid=True,
+    dirs, _, skipped = import_cohort(src, tmp_path / "raw", options=ImportOptions(skip_invalid=True),
                                      id_map_path=tmp_path / "m.json")
     assert len(dirs) == 2
     assert len(skipped) == 1 and skipped[0].startswith("patient_Smith_2:")

@@ -18,7 +18,7 @@ import pytest
 
 from boneseg.cli import main
 from boneseg.core.config import Config, to_yaml
-from boneseg.core.data.importing import import_cohort
+from boneseg.core.data.importing import ImportOptions, import_cohort
 from boneseg.core.data.raw import build_raw
 from boneseg.core.data.synth import synthesize
 from boneseg.core.imaging.nifti import Volume, load_volume, save_volume
@@ -158,7 +158,7 @@ def test_a_changed_source_replaces_its_case_only_with_force(tmp_path):
     with pytest.raises(DataError, match="case ct0000 exists with other data.*--force"):
         import_cohort(src, out)
     assert files(out) == before
-    written, _, _ = import_cohort(src, out, force=True)
+    written, _, _ = import_cohort(src, out, options=ImportOptions(force=True))
     assert [d.name for d in written] == ["ct0000"] and files(out) != before
     assert not list(tmp_path.glob("**/.*.replaced"))
 
@@ -340,14 +340,15 @@ def test_each_dicom_header_defect_is_a_clean_refusal_and_skip_invalid_skips_it(t
     msg = str(err.value)
     assert "series 2 in bad" in msg and (defect == "multiframe" or files[1].name in msg)
     assert not (tmp_path / "raw").exists()
-    written, _, skipped = import_cohort(tmp_path / "src", tmp_path / "raw", "dicom", skip_invalid=True)
+    written, _, skipped = import_cohort(tmp_path / "src", tmp_path / "raw", "dicom",
+                                        options=ImportOptions(skip_invalid=True))
     assert len(written) == 1 and len(skipped) == 1 and skipped[0].startswith("series 2 in bad")
 
 
 def test_a_dicom_series_over_the_size_limit_is_refused_before_its_pixels(tmp_path):
     write_dicom_series(make_ct(), tmp_path / "src")
     with pytest.raises(DataError, match=r"Rows x Columns x 6 files = 2,880 voxels, over the limit of 1,000"):
-        import_cohort(tmp_path / "src", tmp_path / "raw", "dicom", max_voxels=1000)
+        import_cohort(tmp_path / "src", tmp_path / "raw", "dicom", options=ImportOptions(max_voxels=1000))
 
 
 # ------------------------------------------------------------------ unlabelled cases, no thigh cohort

@@ -77,10 +77,10 @@ def test_cortex_bright_marrow_dark_and_threshold_misses_most_marrow(cohort):
         X, Y, n_z, _ = synth._grid(rng, 96, fov, 16)
         if case.cohort == "abdomen":
             rng.integers(0, 3)
-            tissue = synth._abdomen_tissue(rng, X, Y, n_z)
+            tissue = synth._abdomen_tissue(rng, (X, Y), n_z)
         else:
             rng.integers(0, 2)
-            tissue = synth._thigh_tissue(rng, X, Y, n_z)
+            tissue = synth._thigh_tissue(rng, (X, Y), n_z)
         ct = case.ct.data
         marrow = np.isin(tissue, (synth.CANCELLOUS, synth.MARROW))
         marrow_total += marrow.sum()

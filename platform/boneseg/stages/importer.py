@@ -29,13 +29,14 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.core.data.importing import import_cohort
+    from boneseg.core.data.importing import ImportOptions, import_cohort
     from boneseg.core.project import refuse_stage_output
 
     out = Path(args.out or cfg.data.raw_dir)
     refuse_stage_output(out)
-    res = import_cohort(Path(args.source), out, args.layout, args.cohort, args.skip_invalid,
-                        Path(args.id_map) if args.id_map else None, args.force, cfg.data.max_voxels)
+    options = ImportOptions(args.skip_invalid, args.force, cfg.data.max_voxels)
+    res = import_cohort(Path(args.source), out, args.layout, args.cohort, options,
+                        Path(args.id_map) if args.id_map else None)
     for line in res.skipped:
         print(f"import: skipped {line}")
     print(f"import: wrote {len(res.written)} cases under {out / args.cohort}, {len(res.unchanged)} already "

@@ -36,8 +36,10 @@ class DeviceSlices:
     batch (on one CPU core that pass cost 4x the gather itself)."""
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, nbr: torch.Tensor, classes: str,
-                 soft: bool, device: torch.device, channels_last: bool = False):
-        """images (N0, S, S) float16 and nbr (N, 3), each item's (z-1, z, z+1) rows of it."""
+                 device: torch.device, channels_last: bool = False):
+        """images (N0, S, S) float16 and nbr (N, 3), each item's (z-1, z, z+1) rows of it;
+        targets uint8: ids (N0, S, S), or soft fractions x255 (N0, 5, S, S)."""
+        soft = targets.dim() == 4
         self.device, self.classes, self.soft, self.channels_last = device, classes, soft, channels_last
         side = tuple(images.shape[1:])
         shape = (len(nbr), *side, 3) if channels_last else (len(nbr), 3, *side)
@@ -59,8 +61,8 @@ class DeviceSlices:
             targets.append(torch.from_numpy(np.array(open_targets(d, ds.targets))))
             nbr.append(torch.from_numpy(neighbours_25d(np.arange(image.shape[0]), image.shape[0]) + offset))
             offset += image.shape[0]
-        out = cls(torch.cat(images), torch.cat(targets), torch.cat(nbr), ds.classes, ds.targets == "soft",
-                  device, channels_last)
+        out = cls(torch.cat(images), torch.cat(targets), torch.cat(nbr), ds.classes, device, channels_last)
+        assert out.soft == (ds.targets == "soft"), "stored targets of the wrong kind"
         assert len(out) == len(ds), "the slice index and the arrays disagree"
         return out
 

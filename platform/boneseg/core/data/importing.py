@@ -17,142 +17,33 @@ fresh headers (no source header text).
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
 from boneseg.core import project
 from boneseg.core.data.pseudonyms import assign_ids, content_key, load_id_map, save_id_map
-from boneseg.core.imaging.dicom import Series, read_series, scan_series
+from boneseg.core.data.sources import (
+    SourceCase,
+    case_name,
+    read_case,
+    scan_dicom,
+    scan_nifti,
+    scan_totalsegmentator,
+)
 from boneseg.core.imaging.nifti import (
     MAX_VOXELS,
     Volume,
-    load_ct,
-    load_labels,
     save_volume,
-    strip_nifti_suffix,
     to_canonical,
     to_hu16,
 )
 from boneseg.core.io import atomic_write_text
 from boneseg.core.vocabulary import Cohort, Layout, parse
 from boneseg.errors import DataError
-
-# TotalSegmentator class -> our label id (later entries win where masks overlap)
-TS_VESSELS = ("aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_left",
-              "iliac_artery_right", "iliac_vena_left", "iliac_vena_right")
-TS_BONE_PREFIXES = ("vertebrae_", "rib_", "femur_", "hip_", "humerus_", "scapula_", "clavicula_")
-TS_BONE_NAMES = ("sacrum", "sternum", "skull")
-
-
-def ts_label_id(name: str) -> int:
-    """Label id of a TotalSegmentator class name (0 = not one of our classes)."""
-    if name.startswith(TS_BONE_PREFIXES) or name in TS_BONE_NAMES:
-        return 1
-    if name.startswith("kidney_"):
-        return 2
-    if name in TS_VESSELS:
-        return 3
-    if name == "liver":
-        return 4
-    return 0
-
-
-@dataclass
-class SourceCase:
-    source_id: str  # never leaves this module except into the local id map
-    image: Path
-    labels: Path | None = None  # nifti layout
-    masks: dict[str, Path] = field(default_factory=dict)  # totalsegmentator layout
-    series: Series | None = None  # dicom layout
-
-
-def scan_nifti(src: Path) -> list[SourceCase]:
-    img_dir, lab_dir = src / "images", src / "labels"
-    if not img_dir.is_dir():
-        raise DataError(f"{src}: no images/ folder. The nifti layout is DIR/images/<id>.nii.gz "
-                        "with optional DIR/labels/<id>.nii.gz.")
-    images = {strip_nifti_suffix(p.name): p for p in sorted(img_dir.glob("*.nii*"))}
-    labels = (
-        {strip_nifti_suffix(p.name): p for p in sorted(lab_dir.glob("*.nii*"))} if lab_dir.is_dir() else {}
-    )
-    orphans = sorted(set(labels) - set(images))
-    if orphans:
-        raise DataError(f"{lab_dir / labels[orphans[0]].name}: label map without its image "
-                        f"(expected {img_dir}/{orphans[0]}.nii.gz). Add the image or remove the label.")
-    return [SourceCase(k, v, labels.get(k)) for k, v in images.items()]
-
-
-def scan_totalsegmentator(src: Path) -> list[SourceCase]:
-    meta = src / "meta.csv"
-    listed = None
-    if meta.is_file():
-        with meta.open(newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter=";"))
-        if rows and "image_id" not in rows[0]:
-            raise DataError(f"{meta}: no image_id column (TotalSegmentator's meta.csv is ';'-separated).")
-        listed = {r["image_id"] for r in rows}
-    cases = []
-    for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if listed is not None and d.name not in listed:
-            continue
-        masks = {strip_nifti_suffix(p.name): p for p in sorted((d / "segmentations").glob("*.nii*"))}
-        cases.append(SourceCase(d.name, d / "ct.nii.gz", None, masks))
-    if not cases:
-        raise DataError(f"{src}: no sXXXX/ct.nii.gz cases found (TotalSegmentator layout).")
-    return cases
-
-
-def scan_dicom(src: Path, skip_invalid: bool = False) -> tuple[list[SourceCase], list[str]]:
-    """One case per CT series; localizers are left out and listed (by series number and folder),
-    and so are unreadable files with `skip_invalid` (else the first is refused)."""
-    found, unreadable = scan_series(src)
-    if unreadable and not skip_invalid:
-        raise DataError(f"{unreadable[0]} Nothing was imported (--skip-invalid imports the rest).")
-    skipped = [f"{s.name}: localizer (scout), not a CT volume" for s in found if s.localizer] + unreadable
-    cases = [SourceCase(f"dicom:{s.uid}", s.files[0], series=s) for s in found if not s.localizer]
-    if not cases:
-        raise DataError(f"{src}: no DICOM CT series found{' (only localizers)' if skipped else ''}. "
-                        "The dicom layout takes a folder with one or more series, in any nesting.")
-    return cases, skipped
-
-
-def merge_ts_masks(case: SourceCase, image: Volume) -> Volume | None:
-    """Fold the per-class masks into one label map (bone written last, so it wins)."""
-    if not case.masks:
-        return None
-    out = np.zeros(image.shape, dtype=np.uint8)
-    for lid in (4, 2, 3, 1):
-        for name, path in case.masks.items():
-            if ts_label_id(name) != lid:
-                continue
-            mask = load_labels(path, image, case.image, allowed=(0, 1))
-            out[mask.data > 0] = lid
-    return Volume(out, image.affine.copy())
-
-
-def read_case(case: SourceCase, layout: str, max_voxels: int = MAX_VOXELS) -> tuple[Volume, Volume | None]:
-    if layout == "dicom":
-        return read_series(case.series, max_voxels).volume, None
-    image = load_ct(case.image, max_voxels)
-    if layout == Layout.NIFTI:
-        labels = load_labels(case.labels, image, case.image) if case.labels else None
-    elif layout == Layout.TOTALSEGMENTATOR:
-        labels = merge_ts_masks(case, image)
-    else:
-        raise DataError(f"layout {layout!r}: expected one of {', '.join(Layout)}.")
-    return image, labels
-
-
-def case_name(case: SourceCase) -> str:
-    """How messages name a source case: its file id, or a DICOM series' number and folder (no UID)."""
-    return case.series.name if case.series is not None else case.source_id
 
 
 def refuse_or_skip(case: SourceCase, exc: DataError, skip_invalid: bool) -> str:
@@ -252,9 +143,18 @@ def staging_root(out: Path) -> Path:
     return out.parent / f".{out.name}.import-staging"
 
 
+@dataclass(frozen=True)
+class ImportOptions:
+    """How strict an import is: skip invalid cases (listing them) or stop at the first;
+    replace a case whose source changed; the largest CT accepted, in voxels."""
+
+    skip_invalid: bool = False
+    force: bool = False
+    max_voxels: int = MAX_VOXELS
+
+
 def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = "abdomen",
-                  skip_invalid: bool = False, id_map_path: Path | None = None, force: bool = False,
-                  max_voxels: int = MAX_VOXELS) -> ImportResult:
+                  options: ImportOptions = ImportOptions(), id_map_path: Path | None = None) -> ImportResult:
     """Read, check and stage every case, then move them into place (each read once), under
     the output folder's lock. Returns the folders written, those already up to date, and
     the skipped reasons (for the terminal only: they name sources)."""
@@ -265,7 +165,7 @@ def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = 
         raise DataError(f"{source}: source folder not found.")
     listed = []
     if layout == "dicom":
-        cases, listed = scan_dicom(source, skip_invalid)
+        cases, listed = scan_dicom(source, options.skip_invalid)
     else:
         cases = {Layout.NIFTI: scan_nifti, Layout.TOTALSEGMENTATOR: scan_totalsegmentator}[layout](source)
     id_map_path = Path(id_map_path) if id_map_path else project.id_map_path(out)
@@ -279,12 +179,13 @@ def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = 
         shutil.rmtree(stage, ignore_errors=True)  # a killed import's leftovers (we hold the lock)
         existed = out.exists()
         try:
-            staged, skipped = stage_cases(cases, layout, stage / "cases", skip_invalid, max_voxels)
+            staged, skipped = stage_cases(cases, layout, stage / "cases", options.skip_invalid,
+                                          options.max_voxels)
             taken = {p.name for p in out.glob("*/*") if p.is_dir()} if existed else set()
             ids = assign_ids([k for _, _, k in staged], id_map, taken)
             if ids != id_map:  # the map first: a case folder never exists without its map entry
                 save_id_map(id_map_path, ids)
-            written, unchanged = place_cases(staged, layout, out, cohort, ids, force)
+            written, unchanged = place_cases(staged, layout, out, cohort, ids, options.force)
         except BaseException:
             if not existed:  # a refused import leaves no folder behind either
                 shutil.rmtree(out, ignore_errors=True)

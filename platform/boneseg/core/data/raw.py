@@ -15,7 +15,7 @@ from pathlib import Path
 
 from boneseg.core import project
 from boneseg.core.config import Config
-from boneseg.core.data.importing import import_cohort
+from boneseg.core.data.importing import ImportOptions, import_cohort
 from boneseg.core.data.synth import synthesize
 from boneseg.core.io import atomic_dir
 from boneseg.core.layout import find_cases
@@ -60,8 +60,8 @@ def build_raw(cfg: Config, force: bool = False, progress: bool = True) -> dict:
         if not paths:
             synthesize(cfg.data.synth, tmp, progress=progress)
         for src, path in zip(cfg.data.sources, paths):
-            res = import_cohort(path, tmp, src.layout, src.cohort, src.skip_invalid, id_map_path=id_map,
-                                max_voxels=cfg.data.max_voxels)
+            options = ImportOptions(src.skip_invalid, max_voxels=cfg.data.max_voxels)
+            res = import_cohort(path, tmp, src.layout, src.cohort, options, id_map_path=id_map)
             skipped += res.skipped
         if not any(tmp.glob("*/*/ct.nii.gz")):
             first = f"; the first: {skipped[0]}" if skipped else ""

@@ -39,19 +39,24 @@ class Case:
 
 
 # ---------------------------------------------------------------- shape helpers
-def ellipse(X, Y, cx, cy, a, b, angle=0.0):
-    """Boolean mask of an ellipse with semi-axes (a, b) rotated by `angle` radians."""
+def ellipse(P, cx, cy, a, b, angle=0.0):
+    """Boolean mask of an ellipse with semi-axes (a, b) rotated by `angle` radians, on the
+    plane P = (X, Y) of voxel-centre coordinates (mm)."""
+    X, Y = P
     c, s = np.cos(angle), np.sin(angle)
     u = (X - cx) * c + (Y - cy) * s
     v = -(X - cx) * s + (Y - cy) * c
     return (u / a) ** 2 + (v / b) ** 2 <= 1.0
 
 
-def shelled(tissue, X, Y, cx, cy, a, b, shell, inner, outer=CORTEX, angle=0.0):
-    """Paint a bone: cortical shell of thickness `shell` mm around an `inner` core."""
-    tissue[ellipse(X, Y, cx, cy, a, b, angle)] = outer
+def shelled(tissue, P, oval, shell, inner, outer=CORTEX):
+    """Paint a bone: cortical shell of thickness `shell` mm around an `inner` core; `oval`
+    is (cx, cy, a, b) or (cx, cy, a, b, angle), as `ellipse` takes them."""
+    cx, cy, a, b, *rot = oval
+    angle = rot[0] if rot else 0.0
+    tissue[ellipse(P, cx, cy, a, b, angle)] = outer
     if a > shell and b > shell:
-        tissue[ellipse(X, Y, cx, cy, a - shell, b - shell, angle)] = inner
+        tissue[ellipse(P, cx, cy, a - shell, b - shell, angle)] = inner
 
 
 def _grid(rng, matrix, fov_mm, slices):
@@ -72,7 +77,7 @@ def _grid(rng, matrix, fov_mm, slices):
 
 
 # ---------------------------------------------------------------- abdomen
-def _abdomen_tissue(rng, X, Y, n_z):
+def _abdomen_tissue(rng, P, n_z):
     """Tissue map (X, Y, Z) of an abdominal CT from the femoral heads to the liver dome."""
     a0, b0 = rng.uniform(135, 170), rng.uniform(100, 125)
     fat = rng.uniform(8, 28)
@@ -81,79 +86,82 @@ def _abdomen_tissue(rng, X, Y, n_z):
     kid_t = rng.uniform(0.5, 0.6)
     gas = [(rng.uniform(-60, 60), rng.uniform(10, 60), rng.uniform(4, 13), rng.uniform(0.2, 0.6))
            for _ in range(rng.integers(2, 6))]
-    tissue = np.zeros(X.shape + (n_z,), dtype=np.uint8)
+    patient = (b0, fat, sc, n_vert, kid_t, gas)  # the proportions every slice shares
+    tissue = np.zeros(P[0].shape + (n_z,), dtype=np.uint8)
     for k in range(n_z):
         t = (k + 0.5) / n_z  # 0 caudal (pelvis) .. 1 cranial (liver dome)
-        tissue[..., k] = _abdomen_slice(X, Y, t, a0 * (1.06 if t < 0.3 else 1.0), b0, fat, sc,
-                                        n_vert, kid_t, gas)
+        tissue[..., k] = _abdomen_slice(P, t, a0 * (1.06 if t < 0.3 else 1.0), patient)
     return tissue
 
 
-def _abdomen_slice(X, Y, t, a, b, fat, sc, n_vert, kid_t, gas):
-    sl = np.full(X.shape, AIR, dtype=np.uint8)
-    sl[ellipse(X, Y, 0, 0, a, b)] = FAT
-    sl[ellipse(X, Y, 0, 0, a - fat, b - fat)] = MUSCLE
+def _abdomen_slice(P, t, a, patient: tuple):
+    """One axial slice at height t (0 caudal .. 1 cranial) with body half-width `a`."""
+    b, fat, sc, n_vert, kid_t, gas = patient
+    sl = np.full(P[0].shape, AIR, dtype=np.uint8)
+    sl[ellipse(P, 0, 0, a, b)] = FAT
+    sl[ellipse(P, 0, 0, a - fat, b - fat)] = MUSCLE
     inner_a, inner_b = a - fat - 12, b - fat - 12
-    sl[ellipse(X, Y, 0, 0, inner_a, inner_b)] = SOFT
+    sl[ellipse(P, 0, 0, inner_a, inner_b)] = SOFT
     yv, rx, ry = -0.45 * b, 21 * sc, 16 * sc  # vertebral body centre and radii
     for side in (-1, 1):  # paraspinal muscles, psoas
-        sl[ellipse(X, Y, side * 24 * sc, yv - ry - 22, 22, 16)] = MUSCLE
+        sl[ellipse(P, side * 24 * sc, yv - ry - 22, 22, 16)] = MUSCLE
         if t < 0.6:
             r = 8 + 14 * (0.6 - t) / 0.6
-            sl[ellipse(X, Y, side * (rx + r + 2), yv + 4, r, r * 0.9)] = MUSCLE
+            sl[ellipse(P, side * (rx + r + 2), yv + 4, r, r * 0.9)] = MUSCLE
     for gx, gy, gr, gt in gas:  # bowel gas: air inside the body, not bone
         if abs(t - gt) < 0.12:
-            sl[ellipse(X, Y, gx, gy, gr, gr * 0.8)] = GAS
+            sl[ellipse(P, gx, gy, gr, gr * 0.8)] = GAS
     if t > 0.45:  # liver on the patient's right (+x), growing cranially
         g = min(1.0, (t - 0.45) / 0.3)
-        liver = ellipse(X, Y, 0.35 * a, 0.05 * b, 0.5 * a * g + 1e-3, 0.62 * b * g + 1e-3, 0.3)
-        sl[liver & ellipse(X, Y, 0, 0, inner_a - 2, inner_b - 2)] = LIVER
+        liver = ellipse(P, 0.35 * a, 0.05 * b, 0.5 * a * g + 1e-3, 0.62 * b * g + 1e-3, 0.3)
+        sl[liver & ellipse(P, 0, 0, inner_a - 2, inner_b - 2)] = LIVER
     for side, dt in ((-1, 0.03), (1, 0.0)):  # kidneys with cortex and medulla
         dz = (t - kid_t - dt) / 0.14
         if abs(dz) < 1:
             f = np.sqrt(1 - dz * dz)
             kx, ky = side * (rx + 48), yv + 12
-            sl[ellipse(X, Y, kx, ky, 27 * f, 21 * f, side * 0.5)] = K_CORTEX
+            sl[ellipse(P, kx, ky, 27 * f, 21 * f, side * 0.5)] = K_CORTEX
             if f > 0.4:
-                sl[ellipse(X, Y, kx, ky, 15 * f, 11 * f, side * 0.5)] = K_MEDULLA
-    _paint_vessels(sl, X, Y, t, yv, ry)
-    _paint_spine(sl, X, Y, t, yv, rx, ry, n_vert)
+                sl[ellipse(P, kx, ky, 15 * f, 11 * f, side * 0.5)] = K_MEDULLA
+    _paint_vessels(sl, P, t, yv, ry)
+    _paint_spine(sl, P, t, (yv, rx, ry), n_vert)
     if t > 0.62:  # ribs: oval cross-sections inside the body wall
-        _paint_ribs(sl, X, Y, t, a - fat - 6, b - fat - 6)
+        _paint_ribs(sl, P, t, a - fat - 6, b - fat - 6)
     if t < 0.36:
-        _paint_pelvis(sl, X, Y, t, a, yv, sc)
+        _paint_pelvis(sl, P, t, a, yv, sc)
     return sl
 
 
-def _paint_vessels(sl, X, Y, t, yv, ry):
+def _paint_vessels(sl, P, t, yv, ry):
     ya = yv + ry + 16
     if t > 0.25:
-        sl[ellipse(X, Y, -12, ya, 11, 11)] = ARTERY  # aorta, left of midline
-        sl[ellipse(X, Y, 20, ya - 2, 13, 10)] = VEIN  # IVC, right
+        sl[ellipse(P, -12, ya, 11, 11)] = ARTERY  # aorta, left of midline
+        sl[ellipse(P, 20, ya - 2, 13, 10)] = VEIN  # IVC, right
     else:  # below the bifurcation: iliac arteries and veins drift laterally
         off = 14 + (0.25 - t) * 220
         for side in (-1, 1):
-            sl[ellipse(X, Y, side * off, ya + 4, 6.5, 6.5)] = ARTERY
-            sl[ellipse(X, Y, side * (off - 4), ya - 8, 8, 7)] = VEIN
+            sl[ellipse(P, side * off, ya + 4, 6.5, 6.5)] = ARTERY
+            sl[ellipse(P, side * (off - 4), ya - 8, 8, 7)] = VEIN
 
 
-def _paint_spine(sl, X, Y, t, yv, rx, ry, n_vert):
+def _paint_spine(sl, P, t, vertebra, n_vert):
+    yv, rx, ry = vertebra  # the vertebral body's centre (y) and radii
     phase = (t * n_vert) % 1.0
     if phase > 0.85:  # intervertebral disc
-        sl[ellipse(X, Y, 0, yv, rx, ry)] = DISC
+        sl[ellipse(P, 0, yv, rx, ry)] = DISC
     else:
-        shelled(sl, X, Y, 0, yv, rx, ry, 1.8, CANCELLOUS)
+        shelled(sl, P, (0, yv, rx, ry), 1.8, CANCELLOUS)
     yc = yv - ry - 10  # spinal canal
-    arch = ellipse(X, Y, 0, yc, 14, 13) & (Y < yv - ry + 3)
+    arch = ellipse(P, 0, yc, 14, 13) & (P[1] < yv - ry + 3)
     sl[arch] = DENSE
-    sl[ellipse(X, Y, 0, yc - 25, 4.5, 14)] = DENSE  # spinous process
+    sl[ellipse(P, 0, yc - 25, 4.5, 14)] = DENSE  # spinous process
     if phase < 0.4:  # transverse processes
         for side in (-1, 1):
-            sl[ellipse(X, Y, side * 28, yc + 2, 14, 4.5)] = DENSE
-    sl[ellipse(X, Y, 0, yc, 8, 8)] = CSF
+            sl[ellipse(P, side * 28, yc + 2, 14, 4.5)] = DENSE
+    sl[ellipse(P, 0, yc, 8, 8)] = CSF
 
 
-def _paint_ribs(sl, X, Y, t, ea, eb):
+def _paint_ribs(sl, P, t, ea, eb):
     n = 3 + int(6 * (t - 0.62) / 0.38)
     for i in range(n):
         for side in (-1, 1):
@@ -161,41 +169,40 @@ def _paint_ribs(sl, X, Y, t, ea, eb):
             if np.sin(25 * t + 1.7 * i) < -0.55:
                 continue  # the rib leaves this slice
             cx, cy = side * ea * abs(np.cos(phi)), eb * np.sin(phi)
-            shelled(sl, X, Y, cx, cy, 7, 5, 1.3, CANCELLOUS, angle=phi)
+            shelled(sl, P, (cx, cy, 7, 5, phi), 1.3, CANCELLOUS)
 
 
-def _paint_pelvis(sl, X, Y, t, a, yv, sc):
+def _paint_pelvis(sl, P, t, a, yv, sc):
     for side in (-1, 1):
         if t > 0.1:  # iliac wings, widest at the crest
             w = 16 + 40 * (t - 0.1) / 0.26
-            shelled(sl, X, Y, side * 0.5 * a, yv + 18, w * sc, 9 * sc, 1.6, CANCELLOUS,
-                    angle=side * 0.6)
+            shelled(sl, P, (side * 0.5 * a, yv + 18, w * sc, 9 * sc, side * 0.6), 1.6, CANCELLOUS)
         else:  # femoral heads
-            shelled(sl, X, Y, side * 0.55 * a, yv + 40, 22 * sc, 22 * sc, 2.0, CANCELLOUS)
+            shelled(sl, P, (side * 0.55 * a, yv + 40, 22 * sc, 22 * sc), 2.0, CANCELLOUS)
     if t > 0.1:  # sacrum replaces the lumbar body
-        shelled(sl, X, Y, 0, yv, 42 * sc, 18 * sc, 1.8, CANCELLOUS)
+        shelled(sl, P, (0, yv, 42 * sc, 18 * sc), 1.8, CANCELLOUS)
 
 
 # ---------------------------------------------------------------- thigh
-def _thigh_tissue(rng, X, Y, n_z):
+def _thigh_tissue(rng, P, n_z):
     r = rng.uniform(62, 85)
     fat = rng.uniform(6, 20)
     ro, cort = rng.uniform(12, 16), rng.uniform(3.5, 6.5)
     wob = rng.uniform(0, 2 * np.pi)
-    tissue = np.zeros(X.shape + (n_z,), dtype=np.uint8)
+    tissue = np.zeros(P[0].shape + (n_z,), dtype=np.uint8)
     for k in range(n_z):
         t = (k + 0.5) / n_z
-        sl = np.full(X.shape, AIR, dtype=np.uint8)
+        sl = np.full(P[0].shape, AIR, dtype=np.uint8)
         for side in (-1, 1):
             cx = side * (r + 8)
-            sl[ellipse(X, Y, cx, 0, r, 0.9 * r)] = FAT
-            sl[ellipse(X, Y, cx, 0, r - fat, 0.9 * r - fat)] = MUSCLE
+            sl[ellipse(P, cx, 0, r, 0.9 * r)] = FAT
+            sl[ellipse(P, cx, 0, r - fat, 0.9 * r - fat)] = MUSCLE
             fx, fy = cx - side * 0.12 * r, 0.05 * r + 3 * np.sin(2 * t + wob)
             rr = ro * (1 + 0.08 * np.sin(3 * t + wob))
-            sl[ellipse(X, Y, fx, fy - rr, 4, 3)] = CORTEX  # linea aspera
-            shelled(sl, X, Y, fx, fy, rr, rr, cort, MARROW)
-            sl[ellipse(X, Y, fx - side * 22, fy + 24, 4, 4)] = ARTERY  # femoral vessels
-            sl[ellipse(X, Y, fx - side * 14, fy + 26, 5.5, 4.5)] = VEIN
+            sl[ellipse(P, fx, fy - rr, 4, 3)] = CORTEX  # linea aspera
+            shelled(sl, P, (fx, fy, rr, rr), cort, MARROW)
+            sl[ellipse(P, fx - side * 22, fy + 24, 4, 4)] = ARTERY  # femoral vessels
+            sl[ellipse(P, fx - side * 14, fy + 26, 5.5, 4.5)] = VEIN
         tissue[..., k] = sl
     return tissue
 
@@ -254,10 +261,10 @@ def make_case(cohort: str, index: int, cfg: SynthConfig) -> Case:
     X, Y, n_z, affine = _grid(rng, cfg.matrix, fov, cfg.slices)
     if cohort == "abdomen":
         phase = PHASES[rng.integers(0, 3)]
-        tissue = _abdomen_tissue(rng, X, Y, n_z)
+        tissue = _abdomen_tissue(rng, (X, Y), n_z)
     else:
         phase = ("none", "arterial")[rng.integers(0, 2)]
-        tissue = _thigh_tissue(rng, X, Y, n_z)
+        tissue = _thigh_tissue(rng, (X, Y), n_z)
     sigma = rng.uniform(*cfg.noise_hu)
     ct = render_ct(rng, tissue, affine[0, 0], sigma, phase)
     truth = TISSUE_LABEL[tissue]

@@ -8,6 +8,7 @@ whose state every checkpoint saves, so resumed training sees the same augmentati
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +59,21 @@ def random_intensity(x: torch.Tensor, gain: float, offset: float) -> torch.Tenso
     return (x * g.to(x) + o.to(x)).clamp_(0, 1)
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, rotate_deg=10.0, scale=0.1, shift=0.05, gain=0.1, offset=0.05):
-    x, y = random_affine(x, y, rotate_deg, scale, shift)
-    return random_intensity(x, gain, offset), y
+@dataclass(frozen=True)
+class AugmentLimits:
+    """The largest random change per sample: rotation (degrees), scale and shift (shares),
+    intensity gain and offset (on the [0, 1] window)."""
+
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    shift: float = 0.05
+    gain: float = 0.1
+    offset: float = 0.05
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, limits: AugmentLimits = AugmentLimits()):
+    x, y = random_affine(x, y, limits.rotate_deg, limits.scale, limits.shift)
+    return random_intensity(x, limits.gain, limits.offset), y
 
 
 def prepare_batch(x: torch.Tensor, y: torch.Tensor, tc, device: torch.device, amp: bool):
