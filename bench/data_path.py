@@ -27,6 +27,7 @@ from boneseg.core.data.synth import synthesize
 from boneseg.core.engine.augment import prepare_batch
 from boneseg.core.labelling.labels import derive_labels
 from boneseg.core.layout import load_index
+from boneseg.core.networks.runtime import Runtime, use_channels_last
 
 H200_IMG_PER_S = 5000.0
 CPU = torch.device("cpu")
@@ -35,11 +36,12 @@ CPU = torch.device("cpu")
 def rate(batches, n_batches: int, tc, amp: bool) -> float:
     """Samples/s over n_batches (after one warm-up batch), each batch taken to what the
     train step gets (`prepare_batch`: the step's dtypes, augmentation, memory format)."""
+    rt = Runtime(CPU, torch.bfloat16 if amp else None, use_channels_last(tc.channels_last, CPU))
     it = iter(batches)
     next(it)
     t0, n = time.perf_counter(), 0
     for _ in range(n_batches):
-        x, y = prepare_batch(*next(it), tc, CPU, amp)
+        x, y = prepare_batch(*next(it), tc, rt)
         n += x.shape[0]
     return n / (time.perf_counter() - t0)
 

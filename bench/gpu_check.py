@@ -212,6 +212,7 @@ def data_rate(dev, size: int, batch: int, batches: int) -> dict:
     from boneseg.core.config import TrainConfig
     from boneseg.core.data.device_data import DeviceSlices
     from boneseg.core.engine.augment import prepare_batch
+    from boneseg.core.networks.runtime import Runtime
 
     tc = TrainConfig(amp="bf16")
     n = 512  # the tensors directly: no files needed for a rate
@@ -221,6 +222,7 @@ def data_rate(dev, size: int, batch: int, batches: int) -> dict:
     out = {}
     for aug in (False, True):
         step_tc = tc.model_copy(update={"augment": aug, "patch_size": None, "channels_last": True})
+        rt = Runtime.on(dev, step_tc)  # bf16, channels_last
         it = iter(d.batches(batch, 0, 0))
         next(it)
         sync(dev)
@@ -231,7 +233,7 @@ def data_rate(dev, size: int, batch: int, batches: int) -> dict:
             except StopIteration:
                 it = iter(d.batches(batch, k, 0))
                 continue
-            prepare_batch(x, y, step_tc, dev, amp=True)
+            prepare_batch(x, y, step_tc, rt)
             k += 1
         sync(dev)
         out["with_augment" if aug else "gather"] = round(batches * batch / (time.perf_counter() - t0), 1)

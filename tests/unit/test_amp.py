@@ -165,7 +165,8 @@ def test_channels_last_auto_trains_contiguous_on_cpu_and_is_channels_last_elsewh
     tc = TrainConfig(patch_size=None, augment=False)
     assert tc.channels_last == "auto"
     x, y = torch.rand(2, 3, 16, 16), torch.zeros(2, 16, 16, dtype=torch.uint8)
-    xb, _ = prepare_batch(x, y, tc, CPU, amp=False)
+    xb, _ = prepare_batch(x, y, tc, Runtime.on(CPU, tc))
     assert xb.is_contiguous()
-    xb, _ = prepare_batch(x, y, tc.model_copy(update={"channels_last": True}), CPU, amp=False)
+    cl = tc.model_copy(update={"channels_last": True})
+    xb, _ = prepare_batch(x, y, cl, Runtime.on(CPU, cl))
     assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()

@@ -38,7 +38,8 @@ def test_device_batches_equal_the_dataloaders(tiny_pipeline, classes, targets, c
             assert y1.dtype == (torch.float32 if targets == "soft" else torch.uint8)
             assert torch.equal(x0, x1.float()) and torch.equal(y0, y1.to(y0.dtype))
             # what the step takes: the same tensors from either path, float32 + int64 on the CPU
-            (a0, b0), (a1, b1) = (prepare_batch(x, y, tc, CPU, amp=False) for x, y in ((x0, y0), (x1, y1)))
+            fp32 = Runtime(CPU)  # contiguous, as tc says
+            (a0, b0), (a1, b1) = (prepare_batch(x, y, tc, fp32) for x, y in ((x0, y0), (x1, y1)))
             assert a0.dtype == a1.dtype == torch.float32 and b0.dtype == b1.dtype
             assert b0.dtype == (torch.float32 if targets == "soft" else torch.int64)
             assert torch.equal(a0, a1) and torch.equal(b0, b1)
@@ -59,10 +60,10 @@ def test_under_autocast_the_float16_batch_goes_in_as_it_is_with_the_same_result(
     x16, y = next(iter(DeviceSlices.from_dataset(ds, CPU).batches(2, 0, 0)))
     tc = tiny_pipeline.train.model_copy(update={"patch_size": 32, "augment": False, "channels_last": True})
     torch.manual_seed(3)
-    xa, ya = prepare_batch(x16, y, tc, CPU, amp=True)
+    xa, ya = prepare_batch(x16, y, tc, Runtime(CPU, torch.float16, channels_last=True))
     assert xa.dtype == torch.float16 and ya.dtype == torch.int64 and xa.shape[-1] == 32
     torch.manual_seed(3)
-    xf, yf = prepare_batch(x16, y, tc, CPU, amp=False)
+    xf, yf = prepare_batch(x16, y, tc, Runtime(CPU, None, channels_last=True))
     assert xf.dtype == torch.float32 and torch.equal(xa.float(), xf) and torch.equal(ya, yf)  # same crop
     torch.manual_seed(0)
     net, _ = build_model(5, "none")
@@ -70,7 +71,8 @@ def test_under_autocast_the_float16_batch_goes_in_as_it_is_with_the_same_result(
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         assert torch.equal(net(xa), net(xf))
     aug = tc.model_copy(update={"augment": True})
-    assert prepare_batch(x16, y, aug, CPU, amp=True)[0].dtype == torch.float32  # augmentation: float32
+    amp = Runtime(CPU, torch.float16, channels_last=True)
+    assert prepare_batch(x16, y, aug, amp)[0].dtype == torch.float32  # augmentation: float32
 
 
 @pytest.mark.parametrize("cl", [False, True])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from boneseg.core.networks.runtime import use_channels_last
+from boneseg.core.networks.runtime import Runtime
 
 
 def random_affine(x: torch.Tensor, y: torch.Tensor, rotate_deg: float, scale: float, shift: float):
@@ -76,23 +76,23 @@ def augment(x: torch.Tensor, y: torch.Tensor, limits: AugmentLimits = AugmentLim
     return random_intensity(x, limits.gain, limits.offset), y
 
 
-def prepare_batch(x: torch.Tensor, y: torch.Tensor, tc, device: torch.device, amp: bool):
-    """A loader's batch -> what the train step takes, on the device: the random crop
+def prepare_batch(x: torch.Tensor, y: torch.Tensor, tc, rt: Runtime):
+    """A loader's batch -> what the train step takes, on the run's device: the random crop
     (`train.patch_size`), then the step's dtypes (after the crop: fewer pixels to
-    convert), then augmentation, then channels_last. Ids become int64 (the losses need
-    it). The image becomes float32, except under autocast (`amp`) without augmentation:
+    convert), then augmentation, then the run's memory format. Ids become int64 (the losses
+    need it). The image becomes float32, except under autocast without augmentation:
     there it stays as loaded (float16 from `train.data_on_device`), since the model's first
     layer, a convolution, casts its input to the autocast dtype either way, with the same
     result. Augmentation always runs in float32."""
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
     if tc.patch_size:
         x, y = random_crop(x, y, tc.patch_size)
-    if tc.augment or not amp:
+    if tc.augment or rt.dtype is None:
         x = x.float()
     if not y.is_floating_point():
         y = y.long()
     if tc.augment:
         x, y = augment(x, y)
-    if use_channels_last(tc.channels_last, device):
+    if rt.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y

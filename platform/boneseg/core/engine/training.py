@@ -96,7 +96,7 @@ def train_epoch(model, loader, stepper: Stepper, tc: TrainConfig, rt: Runtime) -
     model.train()
     total, n, t0, skipped = 0.0, 0, time.perf_counter(), 0
     for x, y in loader:
-        x, y = prepare_batch(x, y, tc, rt.device, amp=rt.dtype is not None)
+        x, y = prepare_batch(x, y, tc, rt)
         with rt.autocast():
             logits = model(x)
         loss = segmentation_loss(logits, y, tc.loss, tc.ce_weight)
