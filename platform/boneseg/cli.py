@@ -16,8 +16,8 @@ from boneseg import __version__
 from boneseg.errors import BonesegError
 
 # command -> (stage module under boneseg.stages, one-line help), in pipeline order; each
-# module has add_parser(sub) and main(args, cfg). tests/unit/test_cli.py checks the help
-# lines against the modules' own.
+# module has add_parser(sub) and main(args, cfg). The help lines live here only: the lazy
+# parser shows them without importing the modules, and `Commands` gives them to the full one.
 COMMANDS = {
     "config": ("config", "print the resolved settings (params.yaml + experiment + --set)"),
     "raw": ("raw", "the first stage: data/raw from data.sources (your CT), or the synthetic cohort "

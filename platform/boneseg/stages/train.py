@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--variant", required=True, choices=list(VARIANTS), help="one of the study's four settings"
     )
-    p.add_argument("--fold", type=int, default=0, help="the fold to train, 0 .. train.folds - 1")
+    p.add_argument("--fold", type=int, default=0, help="the fold to train, 0 .. splits.folds - 1")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
     p.set_defaults(func=main)

@@ -79,8 +79,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def make_loader(ds, tc: TrainConfig, epoch: int, seed: int) -> DataLoader:
-    # a fresh generator per epoch: the shuffle order depends on (seed, epoch) only, so a
-    # resumed run sees exactly the batches an uninterrupted one would
+    """One epoch's loader, shuffled by `epoch_generator(seed, epoch)`."""
     return DataLoader(
         ds,
         batch_size=tc.batch_size,

@@ -71,8 +71,8 @@ def propose_cts(cfg: Config, inp: Path, out: Path | None, req: ModelRequest) -> 
 def best_of(metrics: dict, classes: str) -> str | None:
     """The best-scoring variant with these classes (multi or single), ranked as the sweep
     ranks them (`metrics.best_variant`)."""
-    table = {v: metrics[v] for v, c in ((name, var.classes) for name, var in VARIANTS.items())
-             if c == classes and isinstance(metrics.get(v), dict)}
+    table = {v: metrics[v] for v, var in VARIANTS.items()
+             if var.classes == classes and isinstance(metrics.get(v), dict)}
     return best_variant(table) if table else None
 
 
