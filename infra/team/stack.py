@@ -141,12 +141,36 @@ def client_env(env: dict[str, str]) -> str:
     )
 
 
-def pid_alive(pidfile: Path) -> int | None:
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with
+    the pid it names one process, never a later one that reuses the pid."""
     try:
-        pid = int(pidfile.read_text().split()[0])
-        os.kill(pid, 0)
-        return pid
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def write_pidfile(pidfile: Path, pid: int) -> None:
+    write_private(pidfile, f"{pid} {start_time(pid)}\n")
+
+
+def pid_alive(pidfile: Path) -> int | None:
+    """The pid in `pidfile` if that very process still runs (same pid and start time), else
+    None: after a reboot or a crash the pid may belong to an unrelated process."""
+    try:
+        pid, started = pidfile.read_text().split()[:2]
+        pid = int(pid)
     except (OSError, ValueError):
+        return None
+    return pid if start_time(pid) == started else None
+
+
+def postmaster_alive(data: Path) -> int | None:
+    """PostgreSQL's own pidfile holds no start time: its pid counts only if it is a postgres."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        return pid if b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -180,7 +204,7 @@ def http_status(url: str, auth: tuple[str, str] | None = None, timeout: float = 
 
 def start_postgres(state: Path, env: dict[str, str]) -> None:
     data = state / "postgres"
-    if (data / "postmaster.pid").is_file() and pid_alive(data / "postmaster.pid"):
+    if postmaster_alive(data):
         return
     fresh = not (data / "PG_VERSION").is_file()
     if fresh:
@@ -292,7 +316,7 @@ def start_seaweedfs(state: Path, env: dict[str, str]) -> None:
     }
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, env=senv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    pidfile.write_text(str(proc.pid))
+    write_pidfile(pidfile, proc.pid)
 
     def ready():
         try:
@@ -361,7 +385,7 @@ def start_mlflow(state: Path, env: dict[str, str]) -> None:
         cmd += ["--allowed-hosts", os.environ.get("BONESEG_TEAM_ALLOWED_HOSTS", "*")]
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, env=menv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    pidfile.write_text(str(proc.pid))
+    write_pidfile(pidfile, proc.pid)
     wait_for("MLflow server", lambda: http_status(f"{url}/health") == 200, 120, proc, log)
     ensure_user(url, env)
 
@@ -408,9 +432,7 @@ def up(state: Path, free_ports: bool) -> None:
 
 def is_running(state: Path, service: str) -> bool:
     if service == "postgres":
-        return (state / "postgres/postmaster.pid").is_file() and pid_alive(
-            state / "postgres/postmaster.pid"
-        ) is not None
+        return postmaster_alive(state / "postgres") is not None
     return pid_alive(state / f"{service}.pid") is not None
 
 

@@ -110,7 +110,7 @@ def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkey
     assert out.out.count("sweep: done") == 4
     assert list(own_tmp.glob("ray/session_*")), "Ray did not use this test's temp folder"
     # Ray's session folder (never cleaned by Ray) and the trials' scratch hold no model or checkpoint
-    assert not list(own_tmp.rglob("*.pt")) and not list(own_tmp.glob("boneseg-scratch/*"))
+    assert not list(own_tmp.rglob("*.pt")) and not list(own_tmp.glob(f"boneseg-scratch-{os.getuid()}/*"))
     c, runs = check_tree(cfg.tracking.uri, cfg.sweep.variants, 2)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for variant in cfg.sweep.variants:
@@ -290,7 +290,7 @@ def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(
                          (tmp_path / "summary.json").read_text())
     assert summary["fold"] == 0
     # a SIGKILLed worker cannot remove its scratch folder (checkpoint.pt): the retry removed it
-    assert not list(own_tmp.glob("boneseg-scratch/*"))
+    assert not list(own_tmp.glob(f"boneseg-scratch-{os.getuid()}/*"))
 
 
 def test_validation_every_k_epochs_checkpoints_there_and_a_retry_resumes_from_it(tiny_pipeline, tmp_path,
@@ -375,7 +375,7 @@ def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path, o
     first.wait(30)
     assert done_lines, "no trial finished before the kill"
     assert_no_tune_errors(rest)
-    left = list(own_tmp.glob("boneseg-scratch/*"))
+    left = list(own_tmp.glob(f"boneseg-scratch-{os.getuid()}/*"))
     assert left, "the killed trials left no scratch folder (nothing for the reaper to test)"
     second = subprocess.run(
         boneseg_cmd(params, "sweep"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
@@ -386,7 +386,7 @@ def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path, o
     finished = done_lines[0].split()[2].rstrip(":")
     assert f"epoch   {finished} " not in second.stdout  # the finished trial trained nothing again
     check_tree(cfg.tracking.uri, cfg.sweep.variants, 2)  # still one tree, nothing duplicated
-    assert not list(own_tmp.glob("boneseg-scratch/*"))  # the new trials removed the killed ones' scratch
+    assert not list(own_tmp.glob(f"boneseg-scratch-{os.getuid()}/*"))  # the new trials removed the killed ones' scratch
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tiny_pipeline, tmp_path):

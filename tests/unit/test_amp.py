@@ -9,10 +9,11 @@ import torch
 
 from boneseg.core.config import TrainConfig
 from boneseg.core.engine.augment import prepare_batch
-from boneseg.core.engine.training import maybe_resume, save_checkpoint, train_epoch
+from boneseg.core.engine.training import maybe_resume, train_epoch
 from boneseg.core.inference.predict import predict_slices
+from boneseg.core.networks.checkpoint import read_checkpoint, save_checkpoint
 from boneseg.core.networks.optim import Stepper
-from boneseg.core.networks.runtime import Runtime, use_channels_last
+from boneseg.core.networks.runtime import Runtime, rng_state, use_channels_last
 
 CPU = torch.device("cpu")
 
@@ -94,11 +95,9 @@ def test_scaler_state_is_checkpointed_and_resume_is_bit_exact(tmp_path):
     tc, rt, model, stepper, opt, sched, scaler = setup("fp16", epochs=4)
     for _ in range(2):
         train_epoch(model, data, stepper, tc, rt)
-    save_checkpoint(tmp_path / "c.pt", fingerprint="f", epoch=1, model=model.state_dict(),
-                    optimizer=opt.state_dict(), scheduler=sched.state_dict(), scaler=scaler.state_dict(),
-                    rng={"python": __import__("random").getstate(), "numpy": np.random.get_state(),
-                         "torch": torch.get_rng_state()}, history=[])
-    saved = torch.load(tmp_path / "c.pt", weights_only=False)["scaler"]
+    save_checkpoint(tmp_path / "c.pt", dict(fingerprint="f", epoch=1, model=model.state_dict(),
+                                            **stepper.state_dict(), rng=rng_state(), history=[]))
+    saved = read_checkpoint(tmp_path / "c.pt")["scaler"]
     assert saved["scale"] == scaler.get_scale() and saved["_growth_tracker"] == scaler._get_growth_tracker()
 
     tc, rt, model, stepper, opt, sched, scaler = setup("fp16", seed=9, epochs=4)  # other weights: overwritten

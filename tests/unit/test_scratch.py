@@ -1,11 +1,15 @@
 """The trials' scratch folders: a killed trial's folder is removed by the next trial on the
 same host, a live one's and another host's never."""
 import os
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from boneseg.errors import DataError
 from boneseg.sweep.trial import _host, make_scratch, reap_scratch
 
 
@@ -43,9 +47,40 @@ def test_a_zombie_counts_as_dead(tmp_path):
 
 def test_make_scratch_names_its_owner_and_reaps_first(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    dead = tmp_path / "boneseg-scratch" / f"multi-random-fold0-{_host()}-{dead_pid()}-zz"
+    root = tmp_path / f"boneseg-scratch-{os.getuid()}"
+    root.mkdir(mode=0o700)
+    dead = root / f"multi-random-fold0-{_host()}-{dead_pid()}-zz"
     dead.mkdir(parents=True)
     d = make_scratch("multi-random", 2)
-    assert d.parent == tmp_path / "boneseg-scratch" and d.is_dir() and not dead.exists()
+    assert d.parent == root and d.is_dir() and not dead.exists()
     assert d.name.startswith(f"multi-random-fold2-{_host()}-{os.getpid()}-")
     assert reap_scratch(d.parent) == []  # its own (live) folder stays
+
+
+def test_scratch_root_is_private_to_its_user(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    d = make_scratch("multi-random", 0)
+    assert d.parent == tmp_path / f"boneseg-scratch-{os.getuid()}"
+    assert stat.S_IMODE(d.parent.stat().st_mode) == 0o700 and d.parent.stat().st_uid == os.getuid()
+
+
+@pytest.mark.parametrize("plant", ["open", "link", "other_owner"])
+def test_a_planted_or_open_scratch_root_is_refused(plant, tmp_path, monkeypatch):
+    """Someone else made `<tmp>/boneseg-scratch-<uid>` first (open to all, a link to their
+    folder, or owned by them): no trial writes into it."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    root = tmp_path / f"boneseg-scratch-{os.getuid()}"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    if plant == "open":
+        root.mkdir()
+        root.chmod(0o777)
+    elif plant == "link":
+        root.symlink_to(theirs)
+    else:
+        root.mkdir(mode=0o700)
+        monkeypatch.setattr(os, "getuid", lambda: os.stat(root).st_uid + 1)  # as seen by another user
+        root = root.rename(tmp_path / f"boneseg-scratch-{os.getuid()}")
+    with pytest.raises(DataError, match="not a private folder of this user"):
+        make_scratch("multi-random", 0)
+    assert not any(theirs.iterdir()) and not any(p.is_dir() for p in root.glob("multi-random-*"))

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from boneseg.core.redact import credentials_in, redact
 from boneseg.core.vocabulary import VARIANTS, Cohort, Layout, ProposalSource
 from boneseg.errors import ConfigError
 
@@ -238,6 +239,14 @@ class TrackingConfig(_Strict):
         120.0, gt=0, description="the sweep waits this long for an MLflow server that is down, then stops"
     )
 
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        if credentials_in(v):
+            raise ValueError("carries credentials, which would be logged and committed; remove them and set "
+                             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment instead")
+        return v
+
 
 class SweepConfig(_Strict):
     """The Ray Tune grid: variants x folds, resources per trial, where Tune keeps its state."""
@@ -250,12 +259,23 @@ class SweepConfig(_Strict):
         "ray_results", description="outside DVC outputs; shared FS or s3:// for multi-node"
     )
     max_failures: int = Field(2, ge=0, description="retries of a failed trial, from its last checkpoint")
+    storage_outage_s: float = Field(
+        120.0, gt=0, description="sweep storage reads and writes retry this long while it is down"
+    )
     reuse_actors: bool = True
     log_model: bool = Field(True, description="log each fold's final model.pt to its MLflow run")
     metrics_file: str = "results/metrics.json"
     folds_file: str = "results/folds.csv"
     model_dir: str = Field("results/model", description="the best variant's fold models + boneseg.json")
     trials_dir: str = Field("results/trials", description="every trial's summary.json + history.json")
+
+    @field_validator("storage_path")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        if credentials_in(v):
+            raise ValueError("carries credentials, which would be logged and committed; remove them and set "
+                             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment instead")
+        return v
 
     @field_validator("variants")
     @classmethod
@@ -341,7 +361,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             parts.append(f"{path}: unknown key (check the spelling; `boneseg config` lists every key)")
         else:
-            parts.append(f"{path}: {msg}, got {err['input']!r}" if "got" not in msg else f"{path}: {msg}")
+            got = redact(repr(err["input"]))  # a URI's credentials never reach the message
+            parts.append(f"{path}: {msg}, got {got}" if "got" not in msg else f"{path}: {msg}")
     return f"{source}: invalid settings: " + "; ".join(parts)
 
 

@@ -101,7 +101,8 @@ def check_resources(cfg: Config) -> None:
 
 def grid_fingerprint(cfg: Config, variants, folds) -> str:
     """What a resumable experiment must match: every setting the trials read, and the grid."""
-    keep = cfg.model_dump(exclude={"sweep": {"storage_path", "log_model", "model_dir", "trials_dir"},
+    keep = cfg.model_dump(exclude={"sweep": {"storage_path", "storage_outage_s", "log_model", "model_dir",
+                                             "trials_dir"},
                                    "tracking": True, "report": True})
     return hashlib.sha256(
         json.dumps([keep, variants, folds], sort_keys=True, default=str).encode()
@@ -136,12 +137,11 @@ def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> di
     problems = preflight(cfg, variants)
     if problems:
         raise ConfigError("pre-flight checks failed, no trial was started:\n  " + "\n  ".join(problems))
-    storage = Storage(cfg.sweep.storage_path)
+    storage = Storage(cfg.sweep.storage_path, cfg.sweep.storage_outage_s)
     fingerprint = grid_fingerprint(cfg, variants, folds)
     exp_name = None if mode == "restart" else storage.find_unfinished(fingerprint)
     if mode == "resume" and exp_name is None:
-        where = storage.uri.split("?")[0]
-        raise ConfigError(f"--resume: no unfinished sweep with these settings under {where}.")
+        raise ConfigError(f"--resume: no unfinished sweep with these settings under {storage.where}.")
     threads = max(1, int(cfg.sweep.cpus_per_trial))
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
     address = address or os.environ.get("RAY_ADDRESS")
@@ -179,7 +179,7 @@ def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp
             exp_name,
         )
     name = exp_name
-    where = storage.experiment(name).split("?")[0]  # the endpoint is not part of the tag
+    where = f"{storage.where.rstrip('/')}/{name}"  # neither the endpoint nor credentials are part of the tag
     runs = SweepRuns(cfg, name, tags={"ray_storage_path": where, "fingerprint": fingerprint})
     _write_state(storage, name, fingerprint, runs.parent, "running")
     runs.log_data_input(cfg.data.slices_dir, _slices_digest())

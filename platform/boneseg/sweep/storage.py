@@ -12,32 +12,91 @@ a Tune checkpoint: Tune's experiment state is uploaded a little after each check
 driver killed in between leaves a state that names a checkpoint Tune has already replaced
 and deleted (`num_to_keep`), which it then cannot restore. Tune's only checkpoint of a
 trial is its final result, which nothing replaces.
+
+Object storage that is down or restarting is waited out: each read and write retries with
+backoff (0.5 s doubling to 8 s) for `sweep.storage_outage_s` after its first failure, then
+`StorageOutage` says so in one line. Only transient failures are retried (no connection, a
+timeout, a 5xx); a refused key or a missing object is raised at once. Locations are
+printed through `core.redact`, and never with their query string.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from boneseg.core.io import atomic_path
+from boneseg.core.redact import redact
+from boneseg.errors import BonesegError
 
 STATE_FILE = "boneseg_sweep.json"
 RESUME_DIR = "resume"
 
 
+TRANSIENT = ("NETWORK_CONNECTION", "Couldn't connect", "curlCode: 7", "curlCode: 28", "Connection refused",
+             "Connection reset", "timed out", "Timeout", "SERVICE_UNAVAILABLE", "SLOW_DOWN",
+             "INTERNAL_FAILURE", "HTTP response code: 5", "Empty reply", "Recv failure", "Send failure")
+
+
+class StorageOutage(BonesegError):
+    """Sweep storage stayed unreachable for longer than sweep.storage_outage_s."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and \
+        any(k in str(exc) for k in TRANSIENT)
+
+
 class Storage:
     """`sweep.storage_path` as a folder of experiments."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, outage_s: float = 120.0, sleep=time.sleep):
         self.remote = "://" in location
         if self.remote:
             self.uri = location
         else:
             self.uri = str(Path(location).resolve())
         self._fs = None
+        self.outage_s, self._sleep = outage_s, sleep
+        self.retries = 0  # operations retried, for tests and the log
+
+    @property
+    def where(self) -> str:
+        """The location for messages and tags: no query string, no credentials."""
+        return redact(self.uri.split("?")[0])
+
+    def retrying(self, what: str, fn, *args):
+        """`fn(*args)`, retried while the storage is down (remote storage only)."""
+        first_failure, wait = None, 0.5
+        while True:
+            try:
+                out = fn(*args)
+            except Exception as exc:
+                if not (self.remote and is_transient(exc)):
+                    raise
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if now - first_failure > self.outage_s:
+                    raise StorageOutage(
+                        f"Ray storage {self.where}: unreachable for {now - first_failure:.0f} s ({what}; "
+                        f"{redact(str(exc).splitlines()[0])[:120]}). Start the S3 server and run the same "
+                        "command again, or raise sweep.storage_outage_s.") from None
+                if self.retries == 0 or wait >= 8:
+                    print(f"storage: {self.where} unreachable ({what}); retrying for up to "
+                          f"{self.outage_s:.0f} s", file=sys.stderr, flush=True)
+                self.retries += 1
+                self._sleep(wait)
+                wait = min(wait * 2, 8.0)
+                continue
+            if first_failure is not None:
+                print(f"storage: {self.where} answers again after {time.monotonic() - first_failure:.0f} s; "
+                      f"{what} went through", file=sys.stderr, flush=True)
+            return out
 
     def _filesystem(self):
         if self._fs is None:
@@ -59,6 +118,9 @@ class Storage:
 
     def write_state(self, name: str, state: dict) -> None:
         """Atomic for objects (a PUT appears whole); temp + rename on a local disk."""
+        self.retrying(f"writing {name}/{STATE_FILE}", self._write_state, name, state)
+
+    def _write_state(self, name: str, state: dict) -> None:
         if not self.remote:
             from boneseg.core.io import write_json
 
@@ -73,12 +135,18 @@ class Storage:
         return ResumePoint(self, name, key)
 
     def read_state(self, name: str) -> dict:
+        return self.retrying(f"reading {name}/{STATE_FILE}", self._read_state, name)
+
+    def _read_state(self, name: str) -> dict:
         fs, _ = self._filesystem()
         with fs.open_input_stream(self._path(name, STATE_FILE)) as f:
             return json.loads(f.read().decode())
 
     def find_unfinished(self, fingerprint: str) -> str | None:
         """The newest experiment with this fingerprint that did not finish, by name."""
+        return self.retrying("listing experiments", self._find_unfinished, fingerprint)
+
+    def _find_unfinished(self, fingerprint: str) -> str | None:
         from pyarrow import fs as pafs
 
         fs, base = self._filesystem()
@@ -89,7 +157,7 @@ class Storage:
         for name in sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory), reverse=True):
             if fs.get_file_info(self._path(name, STATE_FILE)).type != pafs.FileType.File:
                 continue
-            state = self.read_state(name)
+            state = self._read_state(name)
             if state.get("fingerprint") == fingerprint and state.get("status") != "finished":
                 return name
         return None
@@ -100,7 +168,7 @@ class Storage:
             return None
         from pyarrow import fs as pafs
 
-        where = self.uri.split("?")[0]
+        where = self.where
         try:
             fs, base = self._filesystem()
             bucket = base.split("/")[0]
@@ -118,10 +186,11 @@ class Storage:
                                        "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")):
                 return (f"Ray storage {where}: the S3 server refused the key. Check AWS_ACCESS_KEY_ID / "
                         "AWS_SECRET_ACCESS_KEY (infra/team/state/client.env).")
-            return (f"Ray storage {where}: not reachable ({text[:160]}). Start the S3 server or fix "
+            return (f"Ray storage {where}: not reachable ({redact(text)[:160]}). Start the S3 server or fix "
                     "endpoint_override in sweep.storage_path.")
         except Exception as exc:  # a malformed URI, an unknown scheme
-            return f"Ray storage {where}: {type(exc).__name__}: {str(exc)[:160]}. Fix sweep.storage_path."
+            why = redact(str(exc))[:160]
+            return f"Ray storage {where}: {type(exc).__name__}: {why}. Fix sweep.storage_path."
 
 
 @dataclass(frozen=True)
@@ -136,8 +205,24 @@ class ResumePoint:
     def path(self) -> str:
         return self.storage._path(self.experiment, f"{RESUME_DIR}/{self.key}.pt")
 
+    @property
+    def name(self) -> str:
+        """For messages: the storage's location (redacted), then the point's own path in it."""
+        return f"{self.storage.where} {self.experiment}/{RESUME_DIR}/{self.key}.pt"
+
     def put(self, src: Path) -> None:
         """Store `src` as the resume point, replacing it whole."""
+        self.storage.retrying(f"storing resume point {self.key}", self._put, src)
+
+    def get(self, dest: Path) -> bool:
+        """Copy the resume point to `dest`; False if there is none."""
+        return self.storage.retrying(f"reading resume point {self.key}", self._get, dest)
+
+    def drop(self) -> None:
+        """Remove the resume point (none is fine)."""
+        self.storage.retrying(f"removing resume point {self.key}", self._drop)
+
+    def _put(self, src: Path) -> None:
         if not self.storage.remote:
             with atomic_path(self.path) as tmp:
                 tmp.unlink()  # the unique temp name, for the link
@@ -150,8 +235,7 @@ class ResumePoint:
         with open(src, "rb") as f, fs.open_output_stream(self.path) as out:
             shutil.copyfileobj(f, out, 8 << 20)  # the object appears when the upload completes
 
-    def get(self, dest: Path) -> bool:
-        """Copy the resume point to `dest`; False if there is none."""
+    def _get(self, dest: Path) -> bool:
         from pyarrow import fs as pafs
 
         fs, _ = self.storage._filesystem()
@@ -161,8 +245,7 @@ class ResumePoint:
             shutil.copyfileobj(f, out, 8 << 20)
         return True
 
-    def drop(self) -> None:
-        """Remove the resume point (none is fine)."""
+    def _drop(self) -> None:
         fs, _ = self.storage._filesystem()
         try:
             fs.delete_file(self.path)

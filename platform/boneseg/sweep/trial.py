@@ -9,7 +9,8 @@ Trials only `tune.report`; the driver writes MLflow.
 Scratch files (the training checkpoint, the final folder) live in a temporary folder
 of the worker, never inside the trial folder that Tune syncs: Tune copies the reported
 checkpoint into its storage before `tune.report` returns, so the scratch copy can go.
-The folder is `<tmp>/boneseg-scratch/<variant>-fold<k>-<host>-<pid>-<random>`: a trial
+The folder is `<tmp>/boneseg-scratch-<uid>/<variant>-fold<k>-<host>-<pid>-<random>`, the
+root private to its user (0700, checked to be theirs and not a link before use): a trial
 removes its own on the way out, and a worker that was killed (SIGKILL, a lost driver)
 cannot, so each trial first removes the folders of this host whose process is gone, and
 the driver does the same for its own host when the grid ends.
@@ -20,16 +21,20 @@ import json
 import os
 import shutil
 import socket
+import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from boneseg.core.config import Config
 from boneseg.core.layout import PREDICTIONS
+from boneseg.core.networks.checkpoint import CorruptCheckpoint, read_checkpoint
+from boneseg.errors import DataError
 from boneseg.sweep.storage import ResumePoint, Storage
 
 FINAL = "final.json"  # in the last checkpoint: the trial's final result, reported again on restore
-SCRATCH = "boneseg-scratch"  # under the worker's temporary folder
+SCRATCH = "boneseg-scratch"  # + "-<uid>", under the worker's temporary folder
 
 
 def _alive(pid: int) -> bool:
@@ -65,12 +70,26 @@ def reap_scratch(root: Path) -> list[Path]:
 
 
 def scratch_root() -> Path:
-    return Path(tempfile.gettempdir()) / SCRATCH
+    return Path(tempfile.gettempdir()) / f"{SCRATCH}-{os.getuid()}"
+
+
+def private_root(root: Path) -> Path:
+    """`root`, made 0700 if new; an error if it is a link, another user's, or open to others
+    (on a shared /tmp someone could have made it first, to read or plant files)."""
+    try:
+        root.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = root.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise DataError(f"{root}: the trials' scratch folder is not a private folder of this user "
+                        f"(owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}). Remove it, or point TMPDIR "
+                        "elsewhere.")
+    return root
 
 
 def make_scratch(variant: str, fold: int) -> Path:
-    root = scratch_root()
-    root.mkdir(exist_ok=True)
+    root = private_root(scratch_root())
     reap_scratch(root)
     return Path(tempfile.mkdtemp(prefix=f"{variant}-fold{fold}-{_host()}-{os.getpid()}-", dir=root))
 
@@ -115,8 +134,14 @@ def _restore(scratch: Path, resume: ResumePoint | None) -> dict | None:
         with ckpt.as_directory() as d:
             if (Path(d) / FINAL).is_file():
                 return {"final": json.loads((Path(d) / FINAL).read_text()), "checkpoint": ckpt}
-    if resume:
-        resume.get(scratch / "checkpoint.pt")
+    if resume and resume.get(scratch / "checkpoint.pt"):
+        try:
+            read_checkpoint(scratch / "checkpoint.pt")
+        except CorruptCheckpoint as exc:  # it must not block the trial: drop it, train afresh
+            (scratch / "checkpoint.pt").unlink()
+            resume.drop()
+            print(f"boneseg: warning: resume point {resume.name}: {exc}; discarded, the trial starts afresh.",
+                  file=sys.stderr, flush=True)
     return None
 
 
@@ -125,7 +150,8 @@ def _resume_point(config: dict, variant: str, fold: int) -> ResumePoint | None:
     started before resume points existed (its trials then start afresh)."""
     if not config.get("storage") or not config.get("experiment"):
         return None
-    return Storage(config["storage"]).resume_point(config["experiment"], f"{variant}-fold{fold}")
+    outage_s = config["cfg"]["sweep"]["storage_outage_s"]
+    return Storage(config["storage"], outage_s).resume_point(config["experiment"], f"{variant}-fold{fold}")
 
 
 def trainable(config: dict) -> None:

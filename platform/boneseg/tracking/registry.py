@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from boneseg.core.inference.predict import find_checkpoints
+from boneseg.core.redact import redact
 from boneseg.errors import DataError
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -102,8 +103,8 @@ def resolve_model(ref: str, tracking_uri: str, registered_name: str = "boneseg")
         ]
     except MlflowException as exc:
         raise DataError(
-            f"--model {ref}: not found in the tracking store {tracking_uri} "
-            f"({exc.message.splitlines()[0]}). Set MLFLOW_TRACKING_URI or tracking.uri."
+            f"--model {ref}: not found in the tracking store {redact(tracking_uri)} "
+            f"({redact(exc.message.splitlines()[0])}). Set MLFLOW_TRACKING_URI or tracking.uri."
         ) from None
 
 

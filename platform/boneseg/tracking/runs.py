@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from boneseg.core.config import Config
+from boneseg.core.redact import redact
 
 # the per-epoch metric names; anything else in a result is not logged per epoch
 EPOCH_METRIC_PREFIXES = ("train_loss", "train_seconds", "val_", "lr", "images_per_s")
@@ -70,9 +71,13 @@ def unreachable(cfg: Config) -> str | None:
     """None if the tracking store answers, else one line saying why and what to fix;
     fails in seconds, not after MLflow's minutes of HTTP retries (a server is asked once,
     with a 5 s timeout, through MLflow's own request function and credentials)."""
+    why = _unreachable(tracking_uri(cfg))
+    return redact(why) if why else None  # the message names the URI: never with its credentials
+
+
+def _unreachable(uri: str) -> str | None:
     import mlflow
 
-    uri = tracking_uri(cfg)
     try:
         if uri.startswith(("http://", "https://")):
             from mlflow.utils.credentials import get_default_host_creds

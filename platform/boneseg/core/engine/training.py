@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from boneseg.core.evaluation.validate import validate, write_predictions
 from boneseg.core.io import atomic_path, write_json
 from boneseg.core.labelmap import LabelSpec
 from boneseg.core.layout import PREDICTIONS, load_index, load_splits
+from boneseg.core.networks.checkpoint import CorruptCheckpoint, read_checkpoint, save_checkpoint
 from boneseg.core.networks.losses import segmentation_loss
 from boneseg.core.networks.models import build_model
 from boneseg.core.networks.optim import Stepper
@@ -127,15 +130,23 @@ def epoch_metrics(val: dict) -> dict:
 
 
 # ---------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, **state) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def discard_corrupt(path: Path, why: str) -> None:
+    """Move a damaged checkpoint aside (`<name>.corrupt`, for a look) with a warning naming it:
+    it must never block the trial that would resume from it."""
+    os.replace(path, path.with_name(path.name + ".corrupt"))
+    print(f"boneseg: warning: {path}: {why}; set aside as {path.name}.corrupt, training starts afresh.",
+          file=sys.stderr, flush=True)
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The training state at `path`, or None if there is none or it is damaged (set aside)."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = read_checkpoint(path)
+    except CorruptCheckpoint as exc:
+        discard_corrupt(path, str(exc))
+        return None
     if state.get("fingerprint") != fingerprint:
         raise ConfigError(f"{path}: checkpoint of a trial with other settings. Pass --restart to start over, "
                           "or another train.out_dir.")
@@ -214,8 +225,9 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
             val, _, _ = last_val = validate(model, val_cases, cfg, classes, rt, index)
             metrics.update(epoch_metrics(val), val_seconds=time.perf_counter() - t)
         history.append(metrics)
-        save_checkpoint(ckpt_path, fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
-                        **stepper.state_dict(), rng=rng_state(), history=history, info=asdict(info))
+        save_checkpoint(ckpt_path, dict(fingerprint=fingerprint, epoch=epoch, model=model.state_dict(),
+                                        **stepper.state_dict(), rng=rng_state(), history=history,
+                                        info=asdict(info)))
         for cb in callbacks:
             getattr(cb, "on_epoch", lambda *a: None)(epoch, metrics, ckpt_path)
     result = finish(model, cfg, info, history, rt, last_val)
@@ -259,7 +271,8 @@ def finish(model, cfg: Config, info: TrialInfo, history: list, rt: Runtime, last
     }
     write_json(out / "summary.json", summary)
     write_json(out / "history.json", history)
-    save_checkpoint(out / "model.pt", model=model.state_dict(), classes=classes, variant=info.variant,
-                    fold=info.fold, preprocessing=pre, weights=info.weights)
+    with atomic_path(out / "model.pt") as tmp:  # a plain torch file: torch.load(weights_only=True) reads it
+        torch.save(dict(model=model.state_dict(), classes=classes, variant=info.variant, fold=info.fold,
+                        preprocessing=pre, weights=info.weights), tmp)
     return TrialResult(info.variant, info.fold, val["bone_dice"], test["bone_dice"], summary, history,
                        str(out), info.weights, info.resumed_from_epoch)

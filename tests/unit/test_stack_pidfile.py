@@ -1,0 +1,41 @@
+"""infra/team/stack.py signals only the process it started: a pidfile names a pid and its
+start time, and a pid reused by an unrelated process (after a reboot, a crash) is left alone."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra/team"))
+from stack import pid_alive, start_time, stop_group, write_pidfile  # noqa: E402
+
+
+@pytest.fixture
+def stranger():
+    """An unrelated process leading its own process group, as a server would."""
+    p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_a_stale_pidfile_signals_nothing(stranger, tmp_path):
+    pidfile = tmp_path / "seaweedfs.pid"
+    real = int(start_time(stranger.pid))
+    pidfile.write_text(f"{stranger.pid} {real - 1}\n")  # the pid, but an earlier process's start time
+    assert pid_alive(pidfile) is None
+    stop_group(pidfile, timeout=2)
+    assert stranger.poll() is None, "down killed an unrelated process"
+    assert not pidfile.exists()  # the stale file is gone
+    pidfile.write_text(f"{stranger.pid}\n")  # an old-style pidfile with no start time: not trusted either
+    stop_group(pidfile, timeout=2)
+    assert stranger.poll() is None
+
+
+def test_a_matching_pidfile_stops_its_process(stranger, tmp_path):
+    pidfile = tmp_path / "mlflow.pid"
+    write_pidfile(pidfile, stranger.pid)
+    assert pidfile.stat().st_mode & 0o777 == 0o600
+    assert pid_alive(pidfile) == stranger.pid
+    stop_group(pidfile, timeout=5)
+    assert stranger.wait(timeout=5) is not None and not pidfile.exists()
