@@ -293,6 +293,31 @@ def test_failed_trial_is_retried_from_its_checkpoint_without_duplicates(
     assert not list(own_tmp.glob(f"boneseg-scratch-{os.getuid()}/*"))
 
 
+def test_damaged_or_planted_resume_points_never_block_their_trials(tiny_pipeline, tmp_path, monkeypatch,
+                                                                    own_tmp, capfd):
+    """After epoch 0, fold 0's resume point is cut in half and fold 1's is replaced by a pickle
+    that would run code; both trials then fail. Each retry discards its resume point with a
+    warning naming it and trains afresh: every trial finishes once and the payload never runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cut, planted = tmp_path / "cut.done", tmp_path / "plant.done"
+    inject_fault(monkeypatch, f"truncate:multi-random:0:0:{cut},plant:multi-random:1:0:{planted}")
+    monkeypatch.setenv("BONESEG_FAULT_STORAGE", str(tmp_path / "ray"))
+    cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random",), epochs=2)
+    run_sweep(cfg)
+    assert cut.read_text() == "truncate" and planted.read_text() == "plant"  # both faults happened
+    assert not (tmp_path / "plant.done.pwned").exists()  # the planted pickle never ran
+    c, runs = check_tree(cfg.tracking.uri, ["multi-random"], 2)  # each (variant, fold) FINISHED once
+    for r in runs["fold"]:
+        assert r.data.tags["resumed_from_epoch"] == "0"  # started afresh, not from the bad point
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "val_bone_dice")] == [0, 1]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["multi-random"]["n_folds"] == 2
+    err = capfd.readouterr()
+    log = err.out + err.err + "".join(p.read_text(errors="replace") for p in own_tmp.rglob("worker-*.err"))
+    assert "resume point" in log and "multi-random-fold0.pt" in log and "multi-random-fold1.pt" in log
+
+
 def test_validation_every_k_epochs_checkpoints_there_and_a_retry_resumes_from_it(tiny_pipeline, tmp_path,
                                                                                  monkeypatch):
     """val_every=2 over 3 epochs: validation (and Tune checkpoints) after epochs 1 and 2 only; a
@@ -386,7 +411,8 @@ def test_killed_driver_is_resumed_by_the_same_command(tiny_pipeline, tmp_path, o
     finished = done_lines[0].split()[2].rstrip(":")
     assert f"epoch   {finished} " not in second.stdout  # the finished trial trained nothing again
     check_tree(cfg.tracking.uri, cfg.sweep.variants, 2)  # still one tree, nothing duplicated
-    assert not list(own_tmp.glob(f"boneseg-scratch-{os.getuid()}/*"))  # the new trials removed the killed ones' scratch
+    # the new trials removed the killed ones' scratch
+    assert not list(own_tmp.glob(f"boneseg-scratch-{os.getuid()}/*"))
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tiny_pipeline, tmp_path):

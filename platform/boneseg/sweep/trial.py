@@ -83,8 +83,8 @@ def private_root(root: Path) -> Path:
     st = root.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise DataError(f"{root}: the trials' scratch folder is not a private folder of this user "
-                        f"(owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}). Remove it, or point TMPDIR "
-                        "elsewhere.")
+                        f"(owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}). Remove it, or point "
+                        "TMPDIR elsewhere.")
     return root
 
 
