@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -120,6 +121,43 @@ def auth_env_for(address: str | None) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token"} if has_token else {}
 
 
+# Tune's complaints about trials of a restored experiment that had not started (no result file
+# yet: FileNotFoundError each): expected after a killed driver, so they go to the log, not the terminal
+RESTORE_NOISE = ("Failed to fetch metrics for",)
+
+
+class _ToLog(logging.Filter):
+    def __init__(self, handler: logging.Handler):
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(record.getMessage().startswith(n) for n in RESTORE_NOISE):
+            self.handler.handle(record)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def restore_noise_to_log():
+    """Inside the block, Tune's restore warnings go to `<ray session>/logs/boneseg-driver.log`."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    path = Path(ctx.get_temp_dir()) / ctx.get_session_name() / "logs" / "boneseg-driver.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    noisy = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    quiet = _ToLog(handler)
+    noisy.addFilter(quiet)
+    try:
+        yield
+    finally:
+        noisy.removeFilter(quiet)
+        handler.close()
+
+
 def connect(address: str | None) -> None:
     import ray
 
@@ -171,13 +209,14 @@ def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp
     if restoring:
         state = storage.read_state(exp_name)
         runs = SweepRuns(cfg, exp_name, state["parent_run_id"])
-        log(f"resuming {exp_name}: finished trials are kept, unfinished ones continue from checkpoints")
-        return (
-            tune.Tuner.restore(storage.experiment(exp_name), trainable, resume_errored=True,
-                               param_space=space),
-            runs,
-            exp_name,
-        )
+        done, resuming = storage.progress(exp_name)
+        total = len(variants) * len(folds)
+        log(f"resuming {exp_name}: {done} of {total} trials finished and kept; {resuming} continue from "
+            f"their last validated epoch, {total - done - resuming} start afresh")
+        with restore_noise_to_log():
+            tuner = tune.Tuner.restore(storage.experiment(exp_name), trainable, resume_errored=True,
+                                       param_space=space)
+        return tuner, runs, exp_name
     name = exp_name
     where = f"{storage.where.rstrip('/')}/{name}"  # neither the endpoint nor credentials are part of the tag
     runs = SweepRuns(cfg, name, tags={"ray_storage_path": where, "fingerprint": fingerprint})

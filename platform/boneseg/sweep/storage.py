@@ -162,6 +162,20 @@ class Storage:
                 return name
         return None
 
+    def progress(self, name: str) -> tuple[int, int]:
+        """(trials finished, trials with a resume point) of experiment `name`: what a resume keeps."""
+        return self.retrying(f"listing {name}", self._progress, name)
+
+    def _progress(self, name: str) -> tuple[int, int]:
+        from pyarrow import fs as pafs
+
+        fs, _ = self._filesystem()
+        infos = fs.get_file_info(pafs.FileSelector(self._path(name), recursive=True, allow_not_found=True))
+        files = [i.path for i in infos if i.type == pafs.FileType.File]
+        finished = {f.rsplit("/", 3)[-3] for f in files if f.endswith("/final.json") and "/checkpoint_" in f}
+        resuming = [f for f in files if f"/{RESUME_DIR}/" in f and f.endswith(".pt")]
+        return len(finished), len(resuming)
+
     def problem(self) -> str | None:
         """None if the storage can be listed and written, else one line: what and the fix."""
         if not self.remote:
