@@ -8,6 +8,7 @@ errors, settings errors and the library's `BonesegError` end as one line and exi
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import time
@@ -153,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"boneseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk outside the atomic writers (which say more)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"boneseg {args.command}: error: {_one_line(exc)}. Free some space and run the same command "
+              "again.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"boneseg {args.command}: interrupted; outputs are written whole or not at all",

@@ -11,3 +11,7 @@ class ConfigError(BonesegError):
 
 class DataError(BonesegError):
     """An input file or folder is missing, unreadable or inconsistent."""
+
+
+class DiskFull(BonesegError):
+    """A write ran out of space (ENOSPC, EDQUOT); the previous output is unchanged."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -11,6 +12,15 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from boneseg.errors import DiskFull
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(path: Path, exc: OSError, what: str) -> DiskFull:
+    return DiskFull(f"{path}: no space left on the device ({exc.strerror or exc}); the previous {what} is "
+                    "unchanged. Free some space and run the same command again.")
 
 
 def _create_beside(path: Path, mode: int | None) -> Path:
@@ -39,6 +49,10 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise _disk_full(path, exc, "file") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -58,6 +72,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
+    except DiskFull:  # a file inside the folder: name the folder, not its hidden temp copy
+        raise DiskFull(f"{path}: no space left on the device; the previous folder is unchanged. Free some "
+                       "space and run the same command again.") from None
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise _disk_full(path, exc, "folder") from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
