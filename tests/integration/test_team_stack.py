@@ -4,6 +4,7 @@ against it exactly as a team would, with faults: a SIGKILLed driver, an MLflow o
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -265,6 +266,61 @@ def test_sweeps_resume_and_an_outage_on_the_team_stack(team, client_env, tiny_pi
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "seg.nii.gz").is_file() and any((tmp_path / "fresh-cache").rglob("*.pt"))
     no_secret_anywhere(team, [out_a, out_b1, out_b2, r.stdout, r.stderr], [a_dir, b_dir])
+
+
+def test_an_s3_outage_mid_sweep_is_ridden_out(team, client_env, tiny_pipeline, tmp_path):
+    """SeaweedFS is stopped for 30 s once the first epoch is reported and then started again:
+    resume points, Tune's checkpoints and the driver's state wait for it (sweep.storage_outage_s),
+    and the grid finishes with each (variant, fold) FINISHED once and metrics.json complete."""
+    env = {k: v for k, v in client_env.items() if k != "RAY_ADDRESS"}
+    ray_tmp = Path(tempfile.mkdtemp(prefix="bs", dir="/tmp"))  # short: Ray's socket paths
+    env.update(RAY_TMPDIR=str(ray_tmp), TMPDIR=str(ray_tmp))
+    c_dir = tmp_path / "c"
+    c_dir.mkdir()
+    cfg = team_cfg(tiny_pipeline, c_dir, team, "sweep-c")
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 3}),
+                                 "sweep": cfg.sweep.model_copy(update={"storage_outage_s": 120})})
+    outage = {}
+
+    def stop_s3_once(line):
+        if line.startswith("sweep: epoch") and not outage:
+
+            def cycle():
+                t0 = time.time()
+                stack("down", "--only", "seaweedfs", state=team["state"])
+                time.sleep(30)
+                stack("up", state=team["state"])
+                outage["s"] = time.time() - t0
+
+            outage["thread"] = threading.Thread(target=cycle)
+            outage["thread"].start()
+
+    t0 = time.time()
+    rc, out = run_driver(cfg, c_dir, env, on_line=stop_s3_once)
+    outage["thread"].join(120)
+    assert rc == 0, out[-4000:]
+    assert outage["s"] >= 30
+    print(f"\nS3 outage survived: {outage['s']:.1f} s down; sweep {time.time() - t0:.0f} s")
+    uri = team["client"]["MLFLOW_TRACKING_URI"]
+    c = mlflow.MlflowClient(uri)
+    parent = check_tree_parent(c, "sweep-c")
+    folds = c.search_runs([c.get_experiment_by_name("boneseg").experiment_id],
+                          f"tags.sweep_id = '{parent}' and tags.level = 'fold'")
+    assert sorted(f.data.tags["fold"] for f in folds) == ["0", "1"]  # once each
+    assert {f.info.status for f in folds} == {"FINISHED"}
+    for f in folds:
+        assert [m.step for m in c.get_metric_history(f.info.run_id, "val_bone_dice")] == [0, 1, 2]
+    metrics = json.loads((c_dir / "metrics.json").read_text())
+    assert metrics["multi-random"]["n_folds"] == 2
+    # the driver's terminal: one line about the outage, no Tune error or traceback
+    assert sum("did not answer Tune's state sync" in line for line in out.splitlines()) <= 1
+    assert "Traceback" not in out
+    assert_no_tune_errors(out)
+    # a trial's resume-point write met the outage, waited and went through (its worker's log)
+    workers = "".join(p.read_text(errors="replace") for p in ray_tmp.rglob("worker-*.err"))
+    assert "unreachable (storing resume point multi-random-fold" in workers
+    assert re.search(r"answers again after \d+ s; storing resume point", workers)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def check_tree_parent(c, storage_prefix: str) -> str:

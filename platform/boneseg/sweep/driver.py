@@ -121,40 +121,60 @@ def auth_env_for(address: str | None) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token"} if has_token else {}
 
 
-# Tune's complaints about trials of a restored experiment that had not started (no result file
-# yet: FileNotFoundError each): expected after a killed driver, so they go to the log, not the terminal
-RESTORE_NOISE = ("Failed to fetch metrics for",)
+# Ray's log records that are expected and handled, kept out of the terminal (into the log):
+# logger -> (message start, the one line said instead the first time, or None)
+RAY_NOISE = {
+    # a restored experiment's trials that had not started have no result file yet
+    "ray.tune.analysis.experiment_analysis": (("Failed to fetch metrics for", None),),
+    # Tune's experiment-state sync while object storage is down: it syncs again when it answers
+    "ray.train._internal.storage": (("Caught exception when creating directory", "storage"),),
+    "ray.train._internal.syncer": (("Last sync command failed", "storage"),),
+}
 
 
 class _ToLog(logging.Filter):
-    def __init__(self, handler: logging.Handler):
+    def __init__(self, handler: logging.Handler, rules, say):
         super().__init__()
-        self.handler = handler
+        self.handler, self.rules, self.say = handler, rules, say
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if any(record.getMessage().startswith(n) for n in RESTORE_NOISE):
-            self.handler.handle(record)
-            return False
+        text = record.getMessage()
+        for start, topic in self.rules:
+            if text.startswith(start):
+                self.handler.handle(record)
+                if topic:
+                    self.say(topic)
+                return False
         return True
 
 
 @contextlib.contextmanager
-def restore_noise_to_log():
-    """Inside the block, Tune's restore warnings go to `<ray session>/logs/boneseg-driver.log`."""
+def ray_noise_to_log(storage_where: str):
+    """Inside the block, the records of RAY_NOISE go to `<ray session>/logs/boneseg-driver.log`;
+    a storage outage is said once, in one line."""
     import ray
 
     ctx = ray.get_runtime_context()
     path = Path(ctx.get_temp_dir()) / ctx.get_session_name() / "logs" / "boneseg-driver.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = logging.FileHandler(path, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    noisy = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    quiet = _ToLog(handler)
-    noisy.addFilter(quiet)
+    said: set[str] = set()
+
+    def say(topic: str) -> None:
+        if topic not in said:
+            said.add(topic)
+            log(f"storage {storage_where} did not answer Tune's state sync; it syncs again once the storage "
+                f"answers (details: {path})")
+
+    filters = [(logging.getLogger(name), _ToLog(handler, rules, say)) for name, rules in RAY_NOISE.items()]
+    for logger, f in filters:
+        logger.addFilter(f)
     try:
-        yield
+        yield path
     finally:
-        noisy.removeFilter(quiet)
+        for logger, f in filters:
+            logger.removeFilter(f)
         handler.close()
 
 
@@ -187,7 +207,8 @@ def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> di
         connect(address)
         try:
             check_resources(cfg)
-            return _run(cfg, variants, folds, storage, fingerprint, exp_name)
+            with ray_noise_to_log(storage.where):
+                return _run(cfg, variants, folds, storage, fingerprint, exp_name)
         finally:
             ray.shutdown()
 
@@ -213,9 +234,8 @@ def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp
         total = len(variants) * len(folds)
         log(f"resuming {exp_name}: {done} of {total} trials finished and kept; {resuming} continue from "
             f"their last validated epoch, {total - done - resuming} start afresh")
-        with restore_noise_to_log():
-            tuner = tune.Tuner.restore(storage.experiment(exp_name), trainable, resume_errored=True,
-                                       param_space=space)
+        tuner = tune.Tuner.restore(storage.experiment(exp_name), trainable, resume_errored=True,
+                                   param_space=space)
         return tuner, runs, exp_name
     name = exp_name
     where = f"{storage.where.rstrip('/')}/{name}"  # neither the endpoint nor credentials are part of the tag
