@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-# scheme://user:secret@host (or scheme://token@host): the user-info part
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^/?#@\s'\"]+)@")
+# scheme://user:secret@host (or scheme://token@host): the user-info part, up to the first @
+# (pasted secrets hold / and +, so it may run past a /: masking too much is the safe side)
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^@\s'\"]+?)@")
 # ?access_key=...&secret_key=... and the like (pyarrow's S3 URIs, presigned URLs, DSNs)
 _SECRET_PARAM = re.compile(
     r"(?P<key>[?&;](?:access_key|secret_key|session_token|aws_access_key_id|aws_secret_access_key|"
