@@ -469,6 +469,59 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tiny_pipeline, tmp_path):
         stop_processes_under(tmp_ray)
 
 
+def test_a_worker_node_that_dies_mid_sweep_has_its_trial_retried_on_the_survivor(tiny_pipeline, tmp_path):
+    """Two nodes on 127.0.0.1, one trial each; once the first epoch is reported, the worker
+    node is SIGKILLed (its raylet and everything under it, as a lost machine). Its trial is
+    retried on the head from its resume point: every fold FINISHED once, results complete."""
+    import psutil
+
+    port = free_port()
+    tmp_ray = Path("/tmp") / f"bsdie{port}"
+    worker = f"bsworker{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
+    ray = str(BIN / "ray")
+    try:
+        subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir",
+                        str(tmp_ray), "--include-dashboard", "false", "--disable-usage-stats"],
+                       check=True, env=env, capture_output=True, timeout=120)
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--node-name",
+                        worker, "--disable-usage-stats"],
+                       check=True, env=env, capture_output=True, timeout=120)
+        (raylet,) = [p for p in psutil.process_iter(["cmdline"])
+                     if "raylet" in " ".join(p.info["cmdline"] or [])[:200]
+                     and f"--node-name={worker}" in (p.info["cmdline"] or [])]
+        cfg = sweep_cfg(tiny_pipeline, tmp_path, variants=("multi-random",), epochs=3)
+        params = tmp_path / "params.yaml"
+        params.write_text(to_yaml(cfg))
+        driver = subprocess.Popen(boneseg_cmd(params, "sweep", "--address", f"127.0.0.1:{port}"),
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        out, killed_at = [], None
+        for line in driver.stdout:
+            out.append(line)
+            if line.startswith("sweep: epoch") and killed_at is None:
+                node = [raylet, *raylet.children(recursive=True)]
+                for p in node:
+                    p.kill()
+                psutil.wait_procs(node, timeout=15)
+                killed_at = time.monotonic()
+        rc = driver.wait(600)
+        text = "".join(out)
+        assert killed_at is not None and not raylet.is_running()
+        assert rc == 0, text[-4000:]
+        print(f"\nworker node lost: the sweep finished {time.monotonic() - killed_at:.0f} s after the kill")
+        c, runs = check_tree(cfg.tracking.uri, ["multi-random"], 2)  # each fold FINISHED once
+        assert len({f.data.tags["ray_node_id"] for f in runs["fold"]}) == 1  # both ended on the survivor
+        for r in runs["fold"]:
+            assert [m.step for m in c.get_metric_history(r.info.run_id, "val_bone_dice")] == [0, 1, 2]
+        assert json.loads((tmp_path / "metrics.json").read_text())["multi-random"]["n_folds"] == 2
+        assert "retry   multi-random/fold" in text
+        assert "Traceback" not in text and "tracebacks: " in text  # the traceback is in the log
+    finally:
+        stop_processes_under(tmp_ray)
+
+
 def stop_processes_under(marker: Path) -> None:
     """Stop only the Ray processes this test started (their command lines name its temp dir)."""
     import psutil

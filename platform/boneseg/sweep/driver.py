@@ -129,6 +129,13 @@ RAY_NOISE = {
     # Tune's experiment-state sync while object storage is down: it syncs again when it answers
     "ray.train._internal.storage": (("Caught exception when creating directory", "storage"),),
     "ray.train._internal.syncer": (("Last sync command failed", "storage"),),
+    # a trial's traceback (a lost node, an injected fault): the Tracker says retry or FAILED in one line
+    "ray.tune.execution.tune_controller": (("Trial task failed for trial", "trial"),),
+}
+SAID_INSTEAD = {
+    "storage": "storage {where} did not answer Tune's state sync; it syncs again once the storage answers "
+               "(details: {log})",
+    "trial": "a trial failed; Tune retries it from its resume point (tracebacks: {log})",
 }
 
 
@@ -164,8 +171,7 @@ def ray_noise_to_log(storage_where: str):
     def say(topic: str) -> None:
         if topic not in said:
             said.add(topic)
-            log(f"storage {storage_where} did not answer Tune's state sync; it syncs again once the storage "
-                f"answers (details: {path})")
+            log(SAID_INSTEAD[topic].format(where=storage_where, log=path))
 
     filters = [(logging.getLogger(name), _ToLog(handler, rules, say)) for name, rules in RAY_NOISE.items()]
     for logger, f in filters:
