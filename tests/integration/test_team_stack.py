@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,9 @@ STACK = [sys.executable, str(ROOT / "infra/team/stack.py")]
 sys.path.insert(0, str(ROOT / "infra/team"))
 from stack import http_status, read_env  # noqa: E402  (the stack's own env reader and HTTP probe)
 
+sys.path.insert(0, str(ROOT / "bench"))
+from stack_ports import probe  # noqa: E402  (what each port answers without credentials)
+
 
 def stack(*args, state: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -48,8 +52,7 @@ def team(tmp_path_factory):
     assert "stack: up in" in first.stdout
     second = stack("up", state=state)  # idempotent: a no-op while it runs
     assert "already running" in second.stdout
-    assert (state / "team.env").stat().st_mode & 0o777 == 0o600
-    assert (state / "client.env").stat().st_mode & 0o777 == 0o600
+    check_private(state)
     yield {
         "state": state,
         "client": read_env(state / "client.env"),
@@ -63,6 +66,23 @@ def team(tmp_path_factory):
     left = subprocess.run(["pgrep", "-af", str(state)], capture_output=True, text=True).stdout
     assert not left.strip(), f"processes left behind: {left}"
     shutil.rmtree(base, ignore_errors=True)
+
+
+def check_private(state: Path) -> None:
+    """DIR is 0700 (0710, group postgres, as root: PostgreSQL passes through); every file
+    the stack wrote in it is 0600 and every folder 0700."""
+    st = state.stat()
+    if os.geteuid() == 0:
+        import grp
+
+        assert stat.S_IMODE(st.st_mode) == 0o710 and st.st_gid == grp.getgrnam("postgres").gr_gid
+    else:
+        assert stat.S_IMODE(st.st_mode) == 0o700
+    for p in state.iterdir():
+        want = 0o700 if p.is_dir() else 0o600
+        assert stat.S_IMODE(p.stat().st_mode) == want, f"{p}: {oct(p.stat().st_mode)}"
+    logs = [p for p in (state / "logs").rglob("*") if p.is_file()]
+    assert logs and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in logs)
 
 
 @pytest.fixture
@@ -445,3 +465,58 @@ def test_runs_artifacts_and_dvc_objects_survive_down_and_up(team, client_env):
     c = mlflow.MlflowClient(team["client"]["MLFLOW_TRACKING_URI"])
     assert len(c.search_runs([c.get_experiment_by_name("boneseg").experiment_id])) == int(runs)
     assert c.get_model_version("boneseg", "1").status == "READY"
+
+
+def test_a_network_bound_stack_answers_only_with_credentials_and_revokes_users(tmp_path):
+    """A stack bound to 127.0.0.2 (an address other than the servers' 127.0.0.1, as another
+    host would reach it): there only MLflow (401) and S3 (no object without a key) answer;
+    on 127.0.0.1 the filer and volume servers demand SeaweedFS's JWT, so no port serves the
+    planted object without credentials. A member added with `user add` gets in with their
+    own MLflow account and S3 key; after `user remove` both are refused."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    base = Path(tempfile.mkdtemp(prefix="bsnet", dir="/tmp"))
+    os.chmod(base, 0o755)
+    state = base / "state"
+    env = {**os.environ, "BONESEG_TEAM_HOST": "127.0.0.2"}
+    try:
+        up = subprocess.run([*STACK, "up", "--free-ports", "--dir", str(state)], env=env, capture_output=True,
+                            text=True, timeout=240, check=True)
+        assert "warning: MLflow and S3 answer on 127.0.0.2 over plain HTTP" in up.stderr
+        assert "s3-forward up" in stack("status", state=state).stdout
+        check_private(state)
+        cfg = read_env(state / "team.env")
+        rows = probe(state)
+        assert not [r for r in rows if r[3] == "SERVES THE OBJECT"], rows
+        outside = {role: answer for role, host, _, answer in rows if host == "127.0.0.2"}
+        assert outside.pop("mlflow") == "401" and "403" in outside.pop("s3"), outside
+        assert set(outside.values()) == {"refused"}, outside  # every SeaweedFS server, PostgreSQL, gRPC
+        assert dict((r[0], r[3]) for r in rows if r[1] == "127.0.0.1")["weed_filer"] == "401"
+
+        added = stack("user", "add", "alice", state=state)
+        assert "alice" in added.stdout and "password" not in added.stdout.lower()
+        alice = read_env(state / "users/alice.env")
+        assert alice["AWS_ACCESS_KEY_ID"] != cfg["S3_ACCESS_KEY"]  # not the admin's key
+        assert alice["MLFLOW_TRACKING_USERNAME"] == "alice"
+        search = alice["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+        who = (alice["MLFLOW_TRACKING_USERNAME"], alice["MLFLOW_TRACKING_PASSWORD"])
+        s3 = boto3.client("s3", endpoint_url=alice["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id=alice["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=alice["AWS_SECRET_ACCESS_KEY"],
+                          config=BotoConfig(retries={"max_attempts": 1}))
+        assert alice["AWS_ENDPOINT_URL"].startswith("http://127.0.0.2:")  # through the forwarder
+        assert http_status(search, who) == 200
+        s3.put_object(Bucket="ray", Key="alice/x", Body=b"x")
+        with pytest.raises(s3.exceptions.ClientError, match="AccessDenied"):
+            s3.list_objects_v2(Bucket="mlflow")  # MLflow's artifacts: only through MLflow
+        stack("user", "remove", "alice", state=state)
+        assert http_status(search, who) == 401
+        with pytest.raises(s3.exceptions.ClientError, match="InvalidAccessKeyId"):
+            s3.get_object(Bucket="ray", Key="alice/x")
+        assert not (state / "users/alice.env").exists()
+    finally:
+        subprocess.run([*STACK, "down", "--dir", str(state)], capture_output=True, timeout=120)
+        left = subprocess.run(["pgrep", "-af", str(state)], capture_output=True, text=True).stdout
+        shutil.rmtree(base, ignore_errors=True)
+    assert not left.strip(), f"processes left behind: {left}"
