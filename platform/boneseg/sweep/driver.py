@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from boneseg.core.config import ENCODER_WEIGHT_NAMES, VARIANTS, Config
 from boneseg.core.evaluation.metrics import best_variant
 from boneseg.core.layout import load_index, load_splits
 from boneseg.errors import BonesegError, ConfigError
+from boneseg.sweep.quiet import ray_noise_to_log
 from boneseg.sweep.results import TrialOutcome, collect, export, write_results
 from boneseg.sweep.storage import Storage
 from boneseg.sweep.tracker import Tracker, log
@@ -121,69 +121,6 @@ def auth_env_for(address: str | None) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token"} if has_token else {}
 
 
-# Ray's log records that are expected and handled, kept out of the terminal (into the log):
-# logger -> (message start, the one line said instead the first time, or None)
-RAY_NOISE = {
-    # a restored experiment's trials that had not started have no result file yet
-    "ray.tune.analysis.experiment_analysis": (("Failed to fetch metrics for", None),),
-    # Tune's experiment-state sync while object storage is down: it syncs again when it answers
-    "ray.train._internal.storage": (("Caught exception when creating directory", "storage"),),
-    "ray.train._internal.syncer": (("Last sync command failed", "storage"),),
-    # a trial's traceback (a lost node, an injected fault): the Tracker says retry or FAILED in one line
-    "ray.tune.execution.tune_controller": (("Trial task failed for trial", "trial"),),
-}
-SAID_INSTEAD = {
-    "storage": "storage {where} did not answer Tune's state sync; it syncs again once the storage answers "
-               "(details: {log})",
-    "trial": "a trial failed; Tune retries it from its resume point (tracebacks: {log})",
-}
-
-
-class _ToLog(logging.Filter):
-    def __init__(self, handler: logging.Handler, rules, say):
-        super().__init__()
-        self.handler, self.rules, self.say = handler, rules, say
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        for start, topic in self.rules:
-            if text.startswith(start):
-                self.handler.handle(record)
-                if topic:
-                    self.say(topic)
-                return False
-        return True
-
-
-@contextlib.contextmanager
-def ray_noise_to_log(storage_where: str):
-    """Inside the block, the records of RAY_NOISE go to `<ray session>/logs/boneseg-driver.log`;
-    a storage outage is said once, in one line."""
-    import ray
-
-    ctx = ray.get_runtime_context()
-    path = Path(ctx.get_temp_dir()) / ctx.get_session_name() / "logs" / "boneseg-driver.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    said: set[str] = set()
-
-    def say(topic: str) -> None:
-        if topic not in said:
-            said.add(topic)
-            log(SAID_INSTEAD[topic].format(where=storage_where, log=path))
-
-    filters = [(logging.getLogger(name), _ToLog(handler, rules, say)) for name, rules in RAY_NOISE.items()]
-    for logger, f in filters:
-        logger.addFilter(f)
-    try:
-        yield path
-    finally:
-        for logger, f in filters:
-            logger.removeFilter(f)
-        handler.close()
-
-
 def connect(address: str | None) -> None:
     import ray
 
@@ -213,7 +150,9 @@ def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> di
         connect(address)
         try:
             check_resources(cfg)
-            with ray_noise_to_log(storage.where):
+            ctx = ray.get_runtime_context()
+            quiet_log = Path(ctx.get_temp_dir()) / ctx.get_session_name() / "logs" / "boneseg-driver.log"
+            with ray_noise_to_log(storage.where, quiet_log):
                 return _run(cfg, variants, folds, storage, fingerprint, exp_name)
         finally:
             ray.shutdown()
@@ -286,7 +225,9 @@ def _run(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_n
     try:
         grid_result = tuner.fit()
     except BaseException as exc:  # Ctrl-C, a lost cluster: the parent ends FAILED (the same command resumes)
-        outage = _outage(exc)
+        from boneseg.tracking.retry import outage_message
+
+        outage = outage_message(exc)
         if outage:  # the server is gone: closing the parent would only wait again
             raise BonesegError(outage) from None
         runs.close({}, None, ok=False)
@@ -320,21 +261,6 @@ def _run(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_n
         raise BonesegError(f"{len(failed)} trial(s) failed after {cfg.sweep.max_failures} retries: "
                            f"{', '.join(failed)}. Fix the cause and run the same command again to resume.")
     return table
-
-
-def _outage(exc: BaseException) -> str | None:
-    """The TrackingOutage message, if that is what stopped Tune (it may arrive wrapped)."""
-    from boneseg.tracking.retry import TrackingOutage
-
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, TrackingOutage):
-            return str(seen)
-        if "TrackingOutage" in f"{type(seen).__name__}: {seen}":
-            text = str(seen)
-            return text[text.find("MLflow at"):].splitlines()[0] if "MLflow at" in text else text
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def outcomes_of(grid_result, fetched: Path) -> list[TrialOutcome]:

@@ -93,3 +93,16 @@ class RetryingClient:
                 self._call("delete_run", extra.info.run_id)
             run = found[0] if found else run
         return run
+
+
+def outage_message(exc: BaseException) -> str | None:
+    """The TrackingOutage message, if that is what stopped Tune (it may arrive wrapped)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, TrackingOutage):
+            return str(seen)
+        if "TrackingOutage" in f"{type(seen).__name__}: {seen}":
+            text = str(seen)
+            return text[text.find("MLflow at"):].splitlines()[0] if "MLflow at" in text else text
+        seen = seen.__cause__ or seen.__context__
+    return None

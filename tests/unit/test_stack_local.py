@@ -1,5 +1,7 @@
-"""infra/team/stack.py signals only the process it started: a pidfile names a pid and its
-start time, and a pid reused by an unrelated process (after a reboot, a crash) is left alone."""
+"""The infra scripts' safety without servers: infra/team/stack.py signals only the process it
+started (a pidfile names a pid and its start time; a pid reused by an unrelated process after
+a reboot or a crash is left alone), and infra/mlflow/server.sh, which has no authentication,
+refuses to listen beyond loopback."""
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +41,12 @@ def test_a_matching_pidfile_stops_its_process(stranger, tmp_path):
     assert pid_alive(pidfile) == stranger.pid
     stop_group(pidfile, timeout=5)
     assert stranger.wait(timeout=5) is not None and not pidfile.exists()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])
+def test_the_unauthenticated_mlflow_server_refuses_a_network_address(host, tmp_path):
+    script = Path(__file__).resolve().parents[2] / "infra/mlflow/server.sh"
+    env = {"HOST": host, "STORE": str(tmp_path / "store"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and f"HOST={host}" in r.stderr
+    assert not (tmp_path / "store").exists()
