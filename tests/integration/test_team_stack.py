@@ -189,6 +189,27 @@ def run_driver(cfg, tmp_path, env, on_line=None, kill_after_done=False) -> tuple
     return proc.wait(600), "".join(out)
 
 
+class Outage:
+    """Stops one service of the stack for `seconds` (then starts it again) on a background
+    thread, the first time the driver prints a line starting with `when`."""
+
+    def __init__(self, team, service: str, seconds: float, when: str):
+        self.team, self.service, self.down_s, self.when = team, service, seconds, when
+        self.thread, self.seconds = None, 0.0
+
+    def on_line(self, line: str) -> None:
+        if line.startswith(self.when) and self.thread is None:
+            self.thread = threading.Thread(target=self._cycle)
+            self.thread.start()
+
+    def _cycle(self) -> None:
+        t0 = time.time()
+        stack("down", "--only", self.service, state=self.team["state"])
+        time.sleep(self.down_s)
+        stack("up", state=self.team["state"])
+        self.seconds = time.time() - t0
+
+
 def test_sweeps_resume_and_an_outage_on_the_team_stack(team, client_env, tiny_pipeline, tmp_path):
     env = {k: v for k, v in client_env.items() if k != "RAY_ADDRESS"}
     # A: an uninterrupted sweep, the reference result
@@ -223,29 +244,15 @@ def test_sweeps_resume_and_an_outage_on_the_team_stack(team, client_env, tiny_pi
     cfg_b = team_cfg(tiny_pipeline, b_dir, team, "sweep-b")
     rc, out_b1 = run_driver(cfg_b, b_dir, env, kill_after_done=True)
     assert "sweep: done" in out_b1
-    outage = {}
-
-    def stop_server_once(line):
-        if line.startswith("sweep: resuming") and not outage:
-
-            def cycle():
-                t0 = time.time()
-                stack("down", "--only", "mlflow", state=team["state"])
-                time.sleep(15)
-                stack("up", state=team["state"])
-                outage["s"] = time.time() - t0
-
-            outage["thread"] = threading.Thread(target=cycle)
-            outage["thread"].start()
-
-    rc, out_b2 = run_driver(cfg_b, b_dir, env, on_line=stop_server_once)
-    outage["thread"].join(120)
+    outage = Outage(team, "mlflow", 15, "sweep: resuming")
+    rc, out_b2 = run_driver(cfg_b, b_dir, env, on_line=outage.on_line)
+    outage.thread.join(120)
     assert rc == 0, out_b2[-3000:]
-    assert "resuming" in out_b2 and outage["s"] >= 15
+    assert "resuming" in out_b2 and outage.seconds >= 15
     # the driver's writes met the outage, waited, and went through
     assert "tracking: MLflow at http://127.0.0.1:" in out_b2 and "MLflow answers again after" in out_b2
     assert_no_tune_errors(out_b2)
-    print(f"\nMLflow outage survived: {outage['s']:.1f} s (stopped 15 s + restart)")
+    print(f"\nMLflow outage survived: {outage.seconds:.1f} s (stopped 15 s + restart)")
     assert json.loads((b_dir / "metrics.json").read_text()) == metrics_a
     # nothing duplicated or lost: one more tree of 4 runs, each fold with val_bone_dice at epochs 0 and 1
     assert psql(team, "select count(*) from runs where lifecycle_stage = 'active'").strip() == "8"
@@ -300,27 +307,13 @@ def test_an_s3_outage_mid_sweep_is_ridden_out(team, client_env, tiny_pipeline, t
     cfg = team_cfg(tiny_pipeline, c_dir, team, "sweep-c")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 3}),
                                  "sweep": cfg.sweep.model_copy(update={"storage_outage_s": 120})})
-    outage = {}
-
-    def stop_s3_once(line):
-        if line.startswith("sweep: epoch") and not outage:
-
-            def cycle():
-                t0 = time.time()
-                stack("down", "--only", "seaweedfs", state=team["state"])
-                time.sleep(30)
-                stack("up", state=team["state"])
-                outage["s"] = time.time() - t0
-
-            outage["thread"] = threading.Thread(target=cycle)
-            outage["thread"].start()
-
+    outage = Outage(team, "seaweedfs", 30, "sweep: epoch")
     t0 = time.time()
-    rc, out = run_driver(cfg, c_dir, env, on_line=stop_s3_once)
-    outage["thread"].join(120)
+    rc, out = run_driver(cfg, c_dir, env, on_line=outage.on_line)
+    outage.thread.join(120)
     assert rc == 0, out[-4000:]
-    assert outage["s"] >= 30
-    print(f"\nS3 outage survived: {outage['s']:.1f} s down; sweep {time.time() - t0:.0f} s")
+    assert outage.seconds >= 30
+    print(f"\nS3 outage survived: {outage.seconds:.1f} s down; sweep {time.time() - t0:.0f} s")
     uri = team["client"]["MLFLOW_TRACKING_URI"]
     c = mlflow.MlflowClient(uri)
     parent = check_tree_parent(c, "sweep-c")

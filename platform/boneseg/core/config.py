@@ -228,6 +228,14 @@ class PretrainConfig(_Strict):
     seed: int = 0
 
 
+def no_credentials(uri: str, variables: str) -> str:
+    """`uri`, or a ValueError if it carries a secret (settings are committed, URIs tagged and printed)."""
+    if credentials_in(uri):
+        raise ValueError(f"carries credentials, which would be logged and committed; remove them and set "
+                         f"{variables} in the environment instead")
+    return uri
+
+
 class TrackingConfig(_Strict):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (MLFLOW_TRACKING_URI wins)")
     experiment: str = "boneseg"
@@ -242,10 +250,7 @@ class TrackingConfig(_Strict):
     @field_validator("uri")
     @classmethod
     def _no_credentials(cls, v: str) -> str:
-        if credentials_in(v):
-            raise ValueError("carries credentials, which would be logged and committed; remove them and set "
-                             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment instead")
-        return v
+        return no_credentials(v, "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
 
 
 class SweepConfig(_Strict):
@@ -272,10 +277,7 @@ class SweepConfig(_Strict):
     @field_validator("storage_path")
     @classmethod
     def _no_credentials(cls, v: str) -> str:
-        if credentials_in(v):
-            raise ValueError("carries credentials, which would be logged and committed; remove them and set "
-                             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment instead")
-        return v
+        return no_credentials(v, "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
 
     @field_validator("variants")
     @classmethod
