@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from boneseg.core.io import atomic_path
 from boneseg.core.redact import redact
+from boneseg.core.retry import with_backoff
 from boneseg.errors import BonesegError
 
 STATE_FILE = "boneseg_sweep.json"
@@ -63,7 +64,6 @@ class Storage:
             self.uri = str(Path(location).resolve())
         self._fs = None
         self.outage_s, self._sleep = outage_s, sleep
-        self.retries = 0  # operations retried, for tests and the log
 
     @property
     def where(self) -> str:
@@ -72,31 +72,24 @@ class Storage:
 
     def retrying(self, what: str, fn, *args):
         """`fn(*args)`, retried while the storage is down (remote storage only)."""
-        first_failure, wait = None, 0.5
-        while True:
-            try:
-                out = fn(*args)
-            except Exception as exc:
-                if not (self.remote and is_transient(exc)):
-                    raise
-                now = time.monotonic()
-                first_failure = first_failure or now
-                if now - first_failure > self.outage_s:
-                    raise StorageOutage(
-                        f"Ray storage {self.where}: unreachable for {now - first_failure:.0f} s ({what}; "
-                        f"{redact(str(exc).splitlines()[0])[:120]}). Start the S3 server and run the same "
-                        "command again, or raise sweep.storage_outage_s.") from None
-                if self.retries == 0 or wait >= 8:
-                    print(f"storage: {self.where} unreachable ({what}); retrying for up to "
-                          f"{self.outage_s:.0f} s", file=sys.stderr, flush=True)
-                self.retries += 1
-                self._sleep(wait)
-                wait = min(wait * 2, 8.0)
-                continue
-            if first_failure is not None:
-                print(f"storage: {self.where} answers again after {time.monotonic() - first_failure:.0f} s; "
-                      f"{what} went through", file=sys.stderr, flush=True)
-            return out
+
+        def tell(event: str, detail) -> None:
+            if event == "down":
+                print(f"storage: {self.where} unreachable ({what}); retrying for up to {self.outage_s:.0f} s",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"storage: {self.where} answers again after {detail:.0f} s; {what} went through",
+                      file=sys.stderr, flush=True)
+
+        def gave_up(exc: Exception, seconds: float) -> StorageOutage:
+            return StorageOutage(
+                f"Ray storage {self.where}: unreachable for {seconds:.0f} s ({what}; "
+                f"{redact(str(exc).splitlines()[0])[:120]}). Start the S3 server and run the same "
+                "command again, or raise sweep.storage_outage_s.")
+
+        out, _ = with_backoff(lambda: fn(*args), lambda exc: self.remote and is_transient(exc), self.outage_s,
+                              self._sleep, tell, gave_up)
+        return out
 
     def _filesystem(self):
         if self._fs is None:

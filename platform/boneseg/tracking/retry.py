@@ -20,6 +20,8 @@ import sys
 import time
 import uuid
 
+from boneseg.core.retry import with_backoff
+
 TRANSIENT = ("Max retries exceeded", "Connection refused", "Connection reset", "ConnectionError",
              "RemoteDisconnected", "Read timed out", "timed out", "error code 502", "error code 503",
              "error code 504", "Bad Gateway", "Service Unavailable", "Gateway Timeout")
@@ -48,32 +50,25 @@ class RetryingClient:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
     def _call(self, name: str, *args, **kwargs):
-        fn = getattr(self._client, name)
-        first_failure, wait = None, 0.5
-        while True:
-            try:
-                out = fn(*args, **kwargs)
-                if first_failure is not None:
-                    waited = time.monotonic() - first_failure
-                    say(f"MLflow answers again after {waited:.0f} s; {name} went through")
-                return out
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                now = time.monotonic()
-                if first_failure is None:
-                    first_failure = now
-                    say(f"MLflow at {self.uri or 'the tracking URI'} unreachable ({type(exc).__name__}); "
-                        f"retrying for up to {self.outage_s:.0f} s")
-                if now - first_failure > self.outage_s:
-                    raise TrackingOutage(
-                        f"MLflow at {self.uri or 'the tracking URI'} unreachable for {self.outage_s:.0f} s "
-                        f"(tracking.outage_s; last error {type(exc).__name__}). The sweep stopped; trials "
-                        "that finished are kept. Start the server, then run the same command to resume."
-                    ) from None
-                self.retries += 1
-                self._sleep(wait)
-                wait = min(wait * 2, 8.0)
+        where = self.uri or "the tracking URI"
+
+        def tell(event: str, detail) -> None:
+            if event == "down":
+                say(f"MLflow at {where} unreachable ({type(detail).__name__}); "
+                         f"retrying for up to {self.outage_s:.0f} s")
+            else:
+                say(f"MLflow answers again after {detail:.0f} s; {name} went through")
+
+        def gave_up(exc: Exception, seconds: float) -> TrackingOutage:
+            return TrackingOutage(
+                f"MLflow at {where} unreachable for {self.outage_s:.0f} s "
+                f"(tracking.outage_s; last error {type(exc).__name__}). The sweep stopped; trials "
+                "that finished are kept. Start the server, then run the same command to resume.")
+
+        out, retries = with_backoff(lambda: getattr(self._client, name)(*args, **kwargs), is_transient,
+                                    self.outage_s, self._sleep, tell, gave_up)
+        self.retries += retries
+        return out
 
     def __getattr__(self, name):
         attr = getattr(self._client, name)
