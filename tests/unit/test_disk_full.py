@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tree(d: Path) -> dict[str, str]:
-    """Every file under `d` (hidden ones too) -> its sha256."""
+    """Every file under `d` (hidden ones too) -> its sha256; not the writers' lock files, which
+    name their last holder and the time it took the lock (core/project.exclusive)."""
     return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file()}
+            for p in sorted(d.rglob("*")) if p.is_file() and p.parent.name != "locks"}
 
 
 def raw(tmp_path, seed: int) -> list[str]:
