@@ -18,9 +18,10 @@ from boneseg.errors import DiskFull
 FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _disk_full(path: Path, exc: OSError, what: str) -> DiskFull:
-    return DiskFull(f"{path}: no space left on the device ({exc.strerror or exc}); the previous {what} is "
-                    "unchanged. Free some space and run the same command again.")
+def _disk_full(path: Path, what: str, exc: OSError | None = None) -> DiskFull:
+    why = f" ({exc.strerror or exc})" if exc else ""
+    return DiskFull(f"{path}: no space left on the device{why}; the previous {what} is unchanged. Free some "
+                    "space and run the same command again.")
 
 
 def _create_beside(path: Path, mode: int | None) -> Path:
@@ -51,7 +52,7 @@ def atomic_path(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno in FULL:
-            raise _disk_full(path, exc, "file") from None
+            raise _disk_full(path, "file", exc) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -73,11 +74,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(path, old)
         os.replace(tmp, path)
     except DiskFull:  # a file inside the folder: name the folder, not its hidden temp copy
-        raise DiskFull(f"{path}: no space left on the device; the previous folder is unchanged. Free some "
-                       "space and run the same command again.") from None
+        raise _disk_full(path, "folder") from None
     except OSError as exc:
         if exc.errno in FULL:
-            raise _disk_full(path, exc, "folder") from None
+            raise _disk_full(path, "folder", exc) from None
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
