@@ -296,6 +296,23 @@ class ReportConfig(_Strict):
     seed: int = 0
 
 
+class InferConfig(_Strict):
+    """How trained fold models run on new CTs (`segment`, `assist --model`), and what the
+    sweep exports at registration. Training and the sweep's validation stay in PyTorch."""
+
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto: ONNX Runtime on the CPU when the model carries a checked ONNX export, "
+                            "else PyTorch (always PyTorch on CUDA)")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="ONNX Runtime only. auto: int8 when the model's int8 check passed, else fp32")
+    export: bool = Field(True, description="the sweep exports the registered fold models to ONNX (fp32 + "
+                                            "checked int8) beside their checkpoints")
+    calibration_slices: int = Field(64, ge=8, le=4096, description="int8 calibration: training slices of "
+                                                                   "each fold's own training cases")
+    int8_max_dice_loss: float = Field(0.002, ge=0, le=1, description="int8 is offered only when the fold "
+                                                                      "mean bone Dice loses at most this")
+
+
 class Config(_Strict):
     experiment: str | None = Field(None, description="name of an override in experiments/")
     data: DataConfig = DataConfig()
@@ -308,6 +325,7 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     sweep: SweepConfig = SweepConfig()
     report: ReportConfig = ReportConfig()
+    infer: InferConfig = InferConfig()
 
 
 def deep_merge(base: dict, override: dict) -> dict:

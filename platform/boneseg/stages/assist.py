@@ -26,7 +26,8 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     inp = Path(args.input or cfg.data.raw_dir)
     out = Path(args.out or cfg.data.unet_proposals_dir)
     input_pairs(inp, out)  # bad paths fail before any model is fetched
-    req = ModelRequest(checkpoints(args.model, cfg), args.folds, args.device, ref=args.model)
+    req = ModelRequest(checkpoints(args.model, cfg), args.folds, args.device, ref=args.model,
+                       backend=args.backend, precision=args.precision)
     res = propose_cts(cfg, inp, out, req)
     for r in res:
         print(f"assist: {r['output']}  {'x'.join(map(str, r['shape']))}  ({r['seconds']:.1f} s)")

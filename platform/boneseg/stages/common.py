@@ -29,6 +29,11 @@ def add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
                    help="fold models to ensemble: all, or fold numbers like 0,1 (default: all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the models run; auto: CUDA when present (default: auto)")
+    p.add_argument("--backend", default=None, choices=["auto", "torch", "onnxruntime"],
+                   help="auto: ONNX Runtime on the CPU when the models carry a checked ONNX export, else "
+                        "PyTorch (default: infer.backend)")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "int8"],
+                   help="ONNX Runtime only; auto: int8 when its Dice check passed (default: infer.precision)")
 
 
 def checkpoints(ref: str, cfg: Config) -> list[Path]:

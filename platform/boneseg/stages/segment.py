@@ -89,10 +89,13 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
         check_outputs([dst for _, dst in plan_outputs(inp, out)], args.force)
     files = checkpoints(args.model, cfg)
     if dicom:
-        req = ModelRequest(files, folds, args.device, args.classes, model_label(args.model, files))
+        req = ModelRequest(files, folds, args.device, args.classes, model_label(args.model, files),
+                           args.backend, args.precision)
         res = segment_series(cfg, inp, out, req, args.output_format, seg_uid)
     else:
-        res = segment_files(cfg, inp, out, ModelRequest(files, folds, args.device, args.classes))
+        req = ModelRequest(files, folds, args.device, args.classes, backend=args.backend,
+                           precision=args.precision)
+        res = segment_files(cfg, inp, out, req)
     for r in res:
         print(f"segment: {r['output']}  {'x'.join(map(str, r['shape']))}  bone {r['bone_ml']} ml  "
               f"({r['seconds']:.1f} s)")

@@ -104,7 +104,7 @@ def grid_fingerprint(cfg: Config, variants, folds) -> str:
     """What a resumable experiment must match: every setting the trials read, and the grid."""
     keep = cfg.model_dump(exclude={"sweep": {"storage_path", "storage_outage_s", "log_model", "model_dir",
                                              "trials_dir"},
-                                   "tracking": True, "report": True})
+                                   "tracking": True, "report": True, "infer": True})
     return hashlib.sha256(
         json.dumps([keep, variants, folds], sort_keys=True, default=str).encode()
     ).hexdigest()[:12]
@@ -247,7 +247,8 @@ def _run(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_n
             register = (lambda d, m: runs.register(cfg.tracking.registered_model, d, m)) \
                 if cfg.tracking.registered_model else None
             registered = export(
-                cfg, outcomes, table, best, {"name": exp_name, "run_id": runs.parent}, register
+                cfg, outcomes, table, best, {"name": exp_name, "run_id": runs.parent}, register,
+                say=lambda line: log(f"export: {line}")
             )
     runs.close(table, best, ok=not failed)
     write_results(cfg, table, rows, best)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from boneseg.core.config import Config
+from boneseg.core.engine.export import export_fold_models
 from boneseg.core.evaluation.metrics import variant_scores
 from boneseg.core.io import atomic_dir, atomic_write_text, write_json
 from boneseg.core.labelmap import LABEL_IDS
@@ -69,11 +70,13 @@ def write_results(cfg: Config, table: dict, rows: list, best: str | None) -> Non
 
 
 def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sweep: dict,
-           register: Callable[[Path, dict], str] | None = None) -> str:
+           register: Callable[[Path, dict], str] | None = None, say: Callable[[str], None] = print) -> str:
     """Every trial's summary + history into results/trials, the best variant's fold
     models + manifest into results/model, both atomically. `sweep`: {"name", "run_id"};
     `register(model_dir, manifest) -> uri` registers the models (None: not). Returns the
-    registered model URI ("-" when not registered)."""
+    registered model URI ("-" when not registered). With `infer.export` the fold models are
+    exported to ONNX (fp32 + checked int8, `core.engine.export`) before registration, so the
+    registered version carries them and the manifest records the checks."""
     manifest = {"variant": best, "folds": [], "label_ids": {str(k): v for k, v in LABEL_IDS.items()},
                 "scores": table[best], "sweep": sweep["name"], "sweep_run_id": sweep["run_id"]}
     with atomic_dir(cfg.sweep.trials_dir) as trials, atomic_dir(cfg.sweep.model_dir) as models:
@@ -89,6 +92,8 @@ def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sw
                 shutil.copy2(o.model_dir / "model.pt", models / f"fold{o.fold}.pt")
                 manifest["folds"].append(o.fold)
                 manifest.update(classes=o.summary["classes"], preprocessing=o.summary["preprocessing"])
+        if cfg.infer.export and manifest["folds"]:
+            manifest["onnx"] = export_fold_models(cfg, models, manifest["folds"], say)
         # written once, before registration, so the registered version carries it too; the
         # version's URI is recorded in results/trials/index.json
         (models / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

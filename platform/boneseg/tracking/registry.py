@@ -108,6 +108,14 @@ def resolve_model(ref: str, tracking_uri: str, registered_name: str = "boneseg")
         ) from None
 
 
+def onnx_tag(manifest: dict) -> str:
+    """What the version carries for the ONNX Runtime backend: fp32+int8, fp32 or none."""
+    onnx = manifest.get("onnx") or {}
+    if not onnx.get("files"):
+        return "none"
+    return "fp32+int8" if (onnx.get("int8") or {}).get("offered") else "fp32"
+
+
 def register_model(client, name: str, run_id: str, model_dir: Path, manifest: dict) -> str:
     """The variant's fold models (+ boneseg.json) as the variant run's `ensemble` artifact,
     registered as a new version of `name`; returns models:/<name>/<version>."""
@@ -126,7 +134,7 @@ def register_model(client, name: str, run_id: str, model_dir: Path, manifest: di
         tags={"variant": variant, "classes": manifest.get("classes", ""),
               "folds": ",".join(map(str, manifest["folds"])), "image_size": str(pre.get("image_size", "")),
               "window": json.dumps(pre.get("window", [])), "sweep_id": manifest["sweep_run_id"],
-              "bone_dice_mean": f"{s['bone_dice_mean']:.4f}"},
+              "bone_dice_mean": f"{s['bone_dice_mean']:.4f}", "onnx": onnx_tag(manifest)},
         description=f"{variant}: {len(manifest['folds'])} fold models, softmax-averaged; "
                     f"bone Dice {s['bone_dice_mean']:.4f} +- {s['bone_dice_std']:.4f} over folds")
     return f"models:/{name}/{mv.version}"

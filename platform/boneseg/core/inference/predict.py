@@ -21,6 +21,7 @@ import torch
 from boneseg.core.config import Config
 from boneseg.core.data.preprocess import resize_back, stack_25d, window_planes
 from boneseg.core.imaging.nifti import Volume, is_nifti_name, load_ct, save_volume
+from boneseg.core.inference.onnxrt import OrtNet
 from boneseg.core.io import atomic_write_text
 from boneseg.core.labelmap import BONE, LABEL_FILE, LabelSpec, label_description
 from boneseg.core.networks.models import build_model
@@ -40,11 +41,13 @@ class ModelRequest:
     device: str = "auto"  # auto | cpu | cuda
     classes: str = "all"  # all | bone
     ref: str = ""  # how the user named the model (a DICOM-SEG and the proposals' manifest record it)
+    backend: str | None = None  # auto | torch | onnxruntime (None: infer.backend)
+    precision: str | None = None  # auto | fp32 | int8 (None: infer.precision)
 
 
 @dataclass
 class FoldModel:
-    net: torch.nn.Module
+    net: torch.nn.Module | OrtNet  # OrtNet: the ONNX Runtime backend (core.inference.backend)
     classes: str  # "multi" | "single"
     variant: str
     fold: int
@@ -94,18 +97,27 @@ def read_model_file(path: Path) -> dict:
     return state
 
 
-def load_fold_models(paths: list[Path], rt: Runtime, folds: list[int] | None = None) -> list[FoldModel]:
-    """The fold models of `paths` (only `folds`, if given), placed for inference by `rt`."""
-    out, seen = [], []
+def load_fold_models(paths: list[Path], rt: Runtime, folds: list[int] | None = None,
+                     nets=None) -> list[FoldModel]:
+    """The fold models of `paths` (only `folds`, if given), placed for inference by `rt`.
+    `nets([(fold, channels), ...]) -> [OrtNet, ...] | None`: the folds' networks on another
+    backend (None, or `nets` None: the checkpoints' PyTorch networks)."""
+    states, seen = [], []
     for p in paths:
         state = read_model_file(p)
         seen.append(int(state.get("fold", -1)))
-        if folds is not None and seen[-1] not in folds:
-            continue
-        net, _ = build_model(LabelSpec.of(state["classes"]).channels, "none")
-        net.load_state_dict(state["model"])
-        rt.place(net).eval()
-        out.append(FoldModel(net, state["classes"], state.get("variant", "?"), seen[-1],
+        if folds is None or seen[-1] in folds:
+            states.append((seen[-1], LabelSpec.of(state["classes"]).channels, state))
+    other = nets([(f, c) for f, c, _ in states]) if nets is not None and states else None
+    out = []
+    for i, (fold, channels, state) in enumerate(states):
+        if other is not None:
+            net = other[i]
+        else:
+            net, _ = build_model(channels, "none")
+            net.load_state_dict(state["model"])
+            rt.place(net).eval()
+        out.append(FoldModel(net, state["classes"], state.get("variant", "?"), fold,
                              dict(state["preprocessing"])))
     if not out:
         raise DataError(f"folds {folds}: none of the {len(paths)} fold models ({sorted(seen)}) matches.")
@@ -122,7 +134,8 @@ def ensemble_probabilities(models: list[FoldModel], planes_zss: np.ndarray, rt: 
     softmax probabilities."""
     total = None
     for m in models:
-        probs = predict_slices(m.net, planes_zss, rt, batch).softmax(dim=1)
+        probs = predict_slices(m.net, planes_zss, rt, batch, channels_last=not isinstance(m.net, OrtNet))
+        probs = probs.softmax(dim=1)
         total = probs if total is None else total.add_(probs)
         if progress is not None:
             progress.update(1)
@@ -184,10 +197,15 @@ def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
 
 
 def inference_setup(cfg: Config, req: ModelRequest):
-    """A `segment` run's settings, runtime and fold models."""
+    """A `segment` run's settings, runtime and fold models (on the backend that
+    `core.inference.backend.choose` picks)."""
+    from boneseg.core.inference.backend import choose
+
     tc = cfg.train.model_copy(update={"device": req.device})
     rt = Runtime.of(tc, training=False)
-    return tc, rt, load_fold_models(req.checkpoints, rt, req.folds)
+    nets = choose(req.checkpoints, req.backend or cfg.infer.backend, req.precision or cfg.infer.precision,
+                  rt.device.type, tc.threads)
+    return tc, rt, load_fold_models(req.checkpoints, rt, req.folds, nets)
 
 
 def result_row(dst: Path, labels: np.ndarray, ct: Volume, t0: float) -> dict:
