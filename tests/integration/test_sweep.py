@@ -144,6 +144,7 @@ def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkey
         mv.tags["variant"] == best and mv.tags["folds"] == "0,1" and mv.tags["sweep_id"] == parent.info.run_id
     )
     assert parent.data.tags["registered_model"] == "models:/boneseg/1"
+    assert mv.tags["onnx"] == ("fp32+int8" if manifest["onnx"]["int8"]["offered"] else "fp32")
     assert sorted(p.parent.name for p in (tmp_path / "trials" / best).glob("fold*/history.json")) == [
         "fold0",
         "fold1",
@@ -208,22 +209,28 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     for name, ref in refs.items():  # the very same fold models, whichever way they are named
         assert digests(resolve_model(ref, cfg.tracking.uri)) == local, name
     outs = {}
-    for name, ref in refs.items():
+    # registry and folder carry the ONNX export (infer.backend auto: ONNX Runtime); a sweep run id
+    # names the fold runs' model.pt only, which run on PyTorch, as do the folder's with --backend torch
+    runs = [*((n, r, "auto") for n, r in refs.items()), ("torch", refs["folder"], "torch")]
+    for name, ref, backend in runs:
         out = tmp_path / "seg" / name / "seg.nii.gz"
-        assert (
-            cli(
-                ["--params", str(params), "segment", "--input", str(ct), "--output", str(out), "--model", ref]
-            )
-            == 0
-        )
+        assert cli(["--params", str(params), "segment", "--input", str(ct), "--output", str(out),
+                    "--model", ref, "--backend", backend]) == 0
         outs[name] = nib.load(str(out))
+    onnx = json.loads((tmp_path / "model" / "boneseg.json").read_text())["onnx"]
+    registered = {a.path for a in client.list_artifacts(client.get_model_version("boneseg", "1").run_id,
+                                                        "ensemble")}
+    for fold, files in onnx["files"].items():  # the registered version carries the exports too
+        assert {f"ensemble/{f['file']}" for f in files.values()} <= registered
+        assert onnx["parity"][fold]["max_abs_logit_diff"] <= 1e-4
     src = nib.load(str(ct))
     assert outs["registry"].shape == src.shape
     np.testing.assert_allclose(outs["registry"].affine, src.affine, atol=1e-5)
     a = np.asarray(outs["registry"].dataobj)
-    assert np.array_equal(a, np.asarray(outs["folder"].dataobj)) and np.array_equal(
-        a, np.asarray(outs["run"].dataobj)
-    )
+    assert np.array_equal(a, np.asarray(outs["folder"].dataobj))
+    assert np.array_equal(np.asarray(outs["run"].dataobj), np.asarray(outs["torch"].dataobj))
+    if not onnx["int8"]["offered"]:  # fp32 ONNX Runtime: the same labels as PyTorch
+        assert np.array_equal(a, np.asarray(outs["torch"].dataobj))
     assert (tmp_path / "seg" / "registry" / "itksnap_labels.txt").is_file()
 
     assert report_main(None, cfg) == 0

@@ -305,6 +305,8 @@ class InferConfig(_Strict):
                             "else PyTorch (always PyTorch on CUDA)")
     precision: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="ONNX Runtime only. auto: int8 when the model's int8 check passed, else fp32")
+    batch_size: int = Field(8, ge=1, le=4096, description="slices per forward pass (8: fastest on CPU, "
+                                                          "docs/benchmarks.md#segment)")
     export: bool = Field(True, description="the sweep exports the registered fold models to ONNX (fp32 + "
                                             "checked int8) beside their checkpoints")
     calibration_slices: int = Field(64, ge=8, le=4096, description="int8 calibration: training slices of "

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: fold models exported to ONNX (fp32), quantized to int8 (static,
-QDQ, per-channel weights), and run on the CPU as drop-in replacements for the PyTorch
-network in `predict.predict_slices`.
+QDQ, per-channel weights), and run on the CPU in place of the PyTorch network
+(`predict.ensemble_probabilities`).
 
 Trust: an ONNX file is a protobuf (no code), read with its size checked first and its
 SHA-256 compared with the one the model's manifest (boneseg.json) recorded at export; it
@@ -96,6 +96,17 @@ def threads_for(threads: int) -> int:
     return threads if threads > 0 else max(1, torch.get_num_threads())
 
 
+def _opset_of(data: bytes) -> str:
+    """The default-domain opset a model declares, for messages ("?" when unreadable)."""
+    try:
+        import onnx
+
+        model = onnx.load_model_from_string(data)
+        return ",".join(str(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")) or "?"
+    except Exception:
+        return "?"
+
+
 class OrtNet:
     """An ONNX Runtime session that predict_slices can call like the torch network:
     (N, 3, S, S) tensor in, (N, K, S, S) float32 logits tensor out, on the CPU."""
@@ -119,8 +130,8 @@ class OrtNet:
         try:
             self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise OnnxUnusable(f"{path}: ONNX Runtime {ort.__version__} cannot run it "
-                               f"({_first_line(exc)}); it was exported at opset {OPSET}") from None
+            raise OnnxUnusable(f"{path}: ONNX Runtime {ort.__version__} cannot run it (opset "
+                               f"{_opset_of(data)}; {_first_line(exc)})") from None
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         shape_in, shape_out = ins[0].shape if ins else [], outs[0].shape if outs else []
         if [i.name for i in ins] != [INPUT] or len(shape_in) != 4 or shape_in[1] != 3 \

@@ -128,18 +128,34 @@ def load_fold_models(paths: list[Path], rt: Runtime, folds: list[int] | None = N
     return out
 
 
+@torch.no_grad()
 def ensemble_probabilities(models: list[FoldModel], planes_zss: np.ndarray, rt: Runtime,
-                           batch: int = 32, progress=None) -> np.ndarray:
+                           batch: int = 8, progress=None) -> np.ndarray:
     """(Z, S, S) windowed slices -> (Z, K, S, S) float32: the mean over fold models of the
-    softmax probabilities."""
+    softmax probabilities. Batch-major: each batch of 2.5-D slices is built once and run
+    through every fold model before the next (bench/segment_speed.py: faster than one
+    model after another, and only one batch of activations is live)."""
+    z = planes_zss.shape[0]
     total = None
-    for m in models:
-        probs = predict_slices(m.net, planes_zss, rt, batch, channels_last=not isinstance(m.net, OrtNet))
-        probs = probs.softmax(dim=1)
-        total = probs if total is None else total.add_(probs)
+    for i in range(0, z, batch):
+        x = torch.from_numpy(stack_25d(planes_zss, np.arange(i, min(i + batch, z)))).to(rt.device)
+        acc = None
+        for m in models:
+            if isinstance(m.net, OrtNet):
+                logits = m.net(x)
+            else:
+                m.net.eval()
+                with rt.autocast():
+                    logits = m.net(x.contiguous(memory_format=torch.channels_last))
+            probs = logits.float().softmax(dim=1)
+            acc = probs if acc is None else acc.add_(probs)
+        acc = acc.div_(len(models)).cpu()
+        if total is None:
+            total = np.empty((z, *acc.shape[1:]), np.float32)
+        total[i:i + len(acc)] = acc.numpy()
         if progress is not None:
-            progress.update(1)
-    return (total / len(models)).numpy()
+            progress.update(len(models) * len(acc) / z)
+    return total
 
 
 def _orientations(affine: np.ndarray):
@@ -150,7 +166,7 @@ def _orientations(affine: np.ndarray):
 
 
 def segment_volume(models: list[FoldModel], ct: Volume, rt: Runtime, classes: str = "all",
-                   batch: int = 32, progress=None) -> np.ndarray:
+                   batch: int = 8, progress=None) -> np.ndarray:
     """CT in any orientation -> uint8 label ids on exactly its voxel grid."""
     to_ras, back = _orientations(ct.affine)
     ras = nib.orientations.apply_orientation(ct.data, to_ras)  # (X, Y, Z) in RAS+ order
@@ -201,7 +217,7 @@ def inference_setup(cfg: Config, req: ModelRequest):
     `core.inference.backend.choose` picks)."""
     from boneseg.core.inference.backend import choose
 
-    tc = cfg.train.model_copy(update={"device": req.device})
+    tc = cfg.train.model_copy(update={"device": req.device, "eval_batch_size": cfg.infer.batch_size})
     rt = Runtime.of(tc, training=False)
     nets = choose(req.checkpoints, req.backend or cfg.infer.backend, req.precision or cfg.infer.precision,
                   rt.device.type, tc.threads)
