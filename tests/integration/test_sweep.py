@@ -259,6 +259,12 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     for o in saved["overlays"]:  # the figure draws the very map that was scored: its counts give the Dice
         assert 2 * o["tp"] / (2 * o["tp"] + o["fp"] + o["fn"]) == pytest.approx(o["dice"], abs=1e-6)
     assert "report/index.html" in {a.path for a in client.list_artifacts(parent_id, "report")}
+    backends = saved["backends"]  # the ONNX export's parity and int8 check, quoted from boneseg.json
+    assert backends["exported"] and backends["int8_offered"] == onnx["int8"]["offered"]
+    assert [r["fold"] for r in backends["folds"]] == sorted(onnx["parity"])
+    for r in backends["folds"]:
+        assert r["max_abs_logit_diff"] == onnx["parity"][r["fold"]]["max_abs_logit_diff"] <= 1e-4
+    assert "Segmentation backends" in page and ("int8 is offered" in page) == onnx["int8"]["offered"]
     effort = saved["labelling_effort"]  # the U-Net's out-of-fold proposals beside the labels QA's
     assert effort["unet_variants"] == {"unet": "multi-random", "unet-bone": "single-random"}
     assert list(effort["totals"]) == ["threshold", "filled", "unet", "unet-bone"]

@@ -46,3 +46,47 @@ def test_only_cases_both_variants_scored_are_paired_and_nan_is_left_out():
     assert 0.7 <= lo <= 0.8 <= hi <= 0.9
     one = paired_bootstrap({"p1": 1.0}, {"p1": 0.5})
     assert one["n_cases"] == 1 and math.isnan(one["mean_diff"])
+
+
+def _manifest(tmp_path, onnx) -> str:
+    import json
+
+    (tmp_path / "boneseg.json").write_text(json.dumps({"variant": "multi-pretrained", "onnx": onnx}))
+    return str(tmp_path)
+
+
+def test_the_backends_section_quotes_the_int8_check_and_says_why_int8_is_not_offered(tmp_path):
+    from boneseg.core.reporting.backends import backend_summary, backends_html
+
+    onnx = {"opset": 17, "onnxruntime": "1.32.0",
+            "parity": {"0": {"max_abs_logit_diff": 6e-6, "labels_differing": 0.0},
+                       "1": {"max_abs_logit_diff": 9e-6, "labels_differing": 0.0}},
+            "int8": {"offered": False, "why": "int8 loses 0.0150 fold-mean bone Dice against fp32",
+                     "mean_bone_dice_loss": 0.015, "max_loss": 0.002,
+                     "folds": {"0": {"fp32_bone_dice": 0.9, "int8_bone_dice": 0.88, "diff": -0.02},
+                               "1": {"fp32_bone_dice": 0.8, "int8_bone_dice": 0.79, "diff": -0.01}}}}
+    s = backend_summary(_manifest(tmp_path, onnx))
+    assert s["exported"] and not s["int8_offered"] and s["int8_why"].startswith("int8 loses 0.0150")
+    assert [(r["fold"], r["diff"], r["max_abs_logit_diff"]) for r in s["folds"]] == [("0", -0.02, 6e-6),
+                                                                                     ("1", -0.01, 9e-6)]
+    page = backends_html(s)
+    assert "int8 is not offered" in page and "int8 loses 0.0150" in page and "-0.02000" in page
+    onnx["int8"].update(offered=True, why="", mean_bone_dice_loss=0.0004)
+    page = backends_html(backend_summary(_manifest(tmp_path, onnx)))
+    assert "int8 is offered" in page and "0.00040" in page
+
+
+def test_the_backends_section_trusts_no_value_in_the_manifest(tmp_path):
+    from boneseg.core.reporting.backends import backend_summary, backends_html
+
+    assert backend_summary(tmp_path)["exported"] is False  # no manifest at all
+    s = backend_summary(_manifest(tmp_path, {"error": "fold0.pt: the ONNX export (opset 17) failed"}))
+    assert not s["exported"] and "opset 17" in s["why"] and "opset 17" in backends_html(s)
+    hostile = {"parity": {"0": {"max_abs_logit_diff": "<script>", "labels_differing": float("nan")},
+                          "<b>": "x"},
+               "int8": {"offered": "yes", "why": "<img src=x>", "folds": ["not", "a", "dict"]}}
+    s = backend_summary(_manifest(tmp_path, hostile))
+    assert s["int8_offered"] is False  # only a literal true offers int8
+    assert s["folds"][0]["max_abs_logit_diff"] is None and s["folds"][0]["labels_differing"] is None
+    page = backends_html(s)
+    assert "<script>" not in page and "<img" not in page and "fold &lt;b&gt;" in page and "&lt;img" in page
