@@ -82,8 +82,8 @@ def save_models(folder: Path, size: int, n: int, ct_path: Path) -> None:
 def order_seconds(cfg: Config, req: ModelRequest, planes: np.ndarray) -> dict:
     """The ensemble's forward passes in segment's model-major order against batch-major
     (each batch of slices through every fold model before the next batch)."""
-    tc, rt, models = inference_setup(cfg, req)
-    batch = tc.eval_batch_size
+    s = inference_setup(cfg, req)
+    rt, models, batch = s.rt, s.models, s.tc.eval_batch_size
     x_all = stack_25d(planes)
     for m in models:  # each session's first pass (its memory) outside both timings
         m.net(torch.from_numpy(x_all[:batch]))

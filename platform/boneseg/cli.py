@@ -37,6 +37,7 @@ COMMANDS = {
     "report": ("report", "study-style figures, overlays and bootstrap CIs (results/report)"),
     "evaluate": ("evaluate", "Dice/TP/FP/FN/volumes of label maps vs ground truth (file or folder)"),
     "segment": ("segment", "label maps for new CTs with trained fold models (ensembled)"),
+    "promote": ("promote", "make a registered version models:/boneseg@champion by hand"),
     "preview": ("preview", "write a PNG montage of a case or CT file (axial + coronal, labels)"),
 }
 STAGES = tuple(m for m, _ in COMMANDS.values())

@@ -1,5 +1,6 @@
 """The sweep with real Ray (local, and a two-node cluster on 127.0.0.1) and real MLflow
 (sqlite file, and an `mlflow server` process); faults are injected, nothing is mocked."""
+import html
 import json
 import os
 import re
@@ -145,6 +146,9 @@ def test_tiny_sweep_tree_metrics_and_dvc_outputs(tiny_pipeline, tmp_path, monkey
     )
     assert parent.data.tags["registered_model"] == "models:/boneseg/1"
     assert mv.tags["onnx"] == ("fp32+int8" if manifest["onnx"]["int8"]["offered"] else "fp32")
+    # the first scored version passes the promotion gate; its splits are the ones it was scored on
+    assert str(c.get_model_version_by_alias("boneseg", "champion").version) == "1"
+    assert mv.tags["promotion"] == "champion" and mv.tags["splits_md5"] == manifest["splits_md5"] != ""
     assert sorted(p.parent.name for p in (tmp_path / "trials" / best).glob("fold*/history.json")) == [
         "fold0",
         "fold1",
@@ -204,13 +208,14 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     def digests(paths):
         return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
 
-    refs = {"registry": "models:/boneseg/1", "folder": str(tmp_path / "model"), "run": parent_id}
+    refs = {"registry": "models:/boneseg@champion", "folder": str(tmp_path / "model"), "run": parent_id}
     local = digests((tmp_path / "model").glob("fold*.pt"))
     for name, ref in refs.items():  # the very same fold models, whichever way they are named
         assert digests(resolve_model(ref, cfg.tracking.uri)) == local, name
     outs = {}
-    # registry and folder carry the ONNX export (infer.backend auto: ONNX Runtime); a sweep run id
-    # names the fold runs' model.pt only, which run on PyTorch, as do the folder's with --backend torch
+    # registry, folder and the sweep's run id (its best variant's `ensemble` artifact) carry the
+    # ONNX export (infer.backend auto: ONNX Runtime) and the postprocessing rule; --backend torch
+    # runs the folder's fold*.pt on PyTorch, with the same rule
     runs = [*((n, r, "auto") for n, r in refs.items()), ("torch", refs["folder"], "torch")]
     for name, ref, backend in runs:
         out = tmp_path / "seg" / name / "seg.nii.gz"
@@ -228,7 +233,7 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     np.testing.assert_allclose(outs["registry"].affine, src.affine, atol=1e-5)
     a = np.asarray(outs["registry"].dataobj)
     assert np.array_equal(a, np.asarray(outs["folder"].dataobj))
-    assert np.array_equal(np.asarray(outs["run"].dataobj), np.asarray(outs["torch"].dataobj))
+    assert np.array_equal(a, np.asarray(outs["run"].dataobj))
     if not onnx["int8"]["offered"]:  # fp32 ONNX Runtime: the same labels as PyTorch
         assert np.array_equal(a, np.asarray(outs["torch"].dataobj))
     assert (tmp_path / "seg" / "registry" / "itksnap_labels.txt").is_file()
@@ -259,6 +264,13 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
     for o in saved["overlays"]:  # the figure draws the very map that was scored: its counts give the Dice
         assert 2 * o["tp"] / (2 * o["tp"] + o["fp"] + o["fn"]) == pytest.approx(o["dice"], abs=1e-6)
     assert "report/index.html" in {a.path for a in client.list_artifacts(parent_id, "report")}
+    pp = json.loads((tmp_path / "model" / "boneseg.json").read_text())["postprocess"]
+    val_cases = [r for r in rows if r[0] == metrics["best_variant"]]
+    assert pp["cases"] == len(val_cases)  # every out-of-fold validation map, and nothing else
+    bone = pp["per_class"]["bone"]
+    assert pp["bone_dice_before"] == bone["none"] and pp["bone_dice_after"] >= pp["bone_dice_before"]
+    assert (bone["kept"] is None) == ("1" not in pp["rule"])
+    assert saved["postprocess"]["chosen"] and html.escape(saved["postprocess"]["description"]) in page
     backends = saved["backends"]  # the ONNX export's parity and int8 check, quoted from boneseg.json
     assert backends["exported"] and backends["int8_offered"] == onnx["int8"]["offered"]
     assert [r["fold"] for r in backends["folds"]] == sorted(onnx["parity"])

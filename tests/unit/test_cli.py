@@ -34,6 +34,7 @@ def test_help_lists_every_command_with_one_line(capsys):
         "report",
         "evaluate",
         "segment",
+        "promote",
         "preview",
     ]
     assert len(commands) == len(STAGES)  # a new stage module must be added here too

@@ -90,3 +90,24 @@ def test_the_backends_section_trusts_no_value_in_the_manifest(tmp_path):
     assert s["folds"][0]["max_abs_logit_diff"] is None and s["folds"][0]["labels_differing"] is None
     page = backends_html(s)
     assert "<script>" not in page and "<img" not in page and "fold &lt;b&gt;" in page and "&lt;img" in page
+
+
+def test_the_postprocessing_section_shows_the_cv_dice_with_and_without_the_rule(tmp_path):
+    import json
+
+    from boneseg.core.reporting.backends import model_html, model_summary
+
+    assert model_summary(tmp_path)["postprocess"]["chosen"] is False
+    bone = {"none": 0.8512, "largest": 0.61, "min_ml 2": 0.8597, "kept": "min_ml 2"}
+    pp = {"rule": {"1": {"op": "min_ml", "ml": 2.0}}, "cases": 16, "bone_dice_before": 0.8512,
+          "bone_dice_after": 0.8597, "per_class": {"bone": bone}}
+    (tmp_path / "boneseg.json").write_text(json.dumps({"postprocess": pp}))
+    m = model_summary(tmp_path)
+    assert m["postprocess"]["description"] == "bone: components >= 2 ml" and m["postprocess"]["cases"] == 16
+    page = model_html(m)
+    assert "components &gt;= 2 ml" in page and "0.8512 without, 0.8597 with it" in page
+    assert "<th>none</th><th>largest</th><th>min_ml 2</th>" in page  # "none" first, then the candidates
+    pp["rule"] = {"1": {"op": "erode"}}  # a manifest that segment would refuse is not shown as applied
+    (tmp_path / "boneseg.json").write_text(json.dumps({"postprocess": pp}))
+    m = model_summary(tmp_path)
+    assert not m["postprocess"]["chosen"] and "No postprocessing" in model_html(m)

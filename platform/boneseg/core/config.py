@@ -313,6 +313,22 @@ class InferConfig(_Strict):
                                                                    "each fold's own training cases")
     int8_max_dice_loss: float = Field(0.002, ge=0, le=1, description="int8 is offered only when the fold "
                                                                       "mean bone Dice loses at most this")
+    postprocess: bool = Field(True, description="the sweep chooses a connected-component rule per class "
+                                                "by cross-validation, and segment applies it "
+                                                "(--no-postprocess: off)")
+    postprocess_min_ml: list[float] = Field(default_factory=lambda: [0.5, 2.0, 10.0],
+                                            description="candidate rules: remove components under X ml, for "
+                                                        "each X (keep the largest component is always a "
+                                                        "candidate)")
+    postprocess_min_gain: float = Field(0.0, ge=0, le=1, description="a class keeps a rule only if its CV "
+                                                                     "mean Dice rises by more than this")
+
+    @field_validator("postprocess_min_ml")
+    @classmethod
+    def _positive_sizes(cls, v: list[float]) -> list[float]:
+        if len(v) > 16 or any(not (0 < x < 1e6) for x in v):
+            raise ValueError(f"expected at most 16 sizes in ml, each > 0 and < 1e6, got {v}")
+        return v
 
 
 class Config(_Strict):

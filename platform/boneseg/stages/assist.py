@@ -27,7 +27,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     out = Path(args.out or cfg.data.unet_proposals_dir)
     input_pairs(inp, out)  # bad paths fail before any model is fetched
     req = ModelRequest(checkpoints(args.model, cfg), args.folds, args.device, ref=args.model,
-                       backend=args.backend, precision=args.precision)
+                       backend=args.backend, precision=args.precision, postprocess=args.postprocess)
     res = propose_cts(cfg, inp, out, req)
     for r in res:
         print(f"assist: {r['output']}  {'x'.join(map(str, r['shape']))}  ({r['seconds']:.1f} s)")

@@ -34,6 +34,9 @@ def add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
                         "PyTorch (default: infer.backend)")
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "int8"],
                    help="ONNX Runtime only; auto: int8 when its Dice check passed (default: infer.precision)")
+    p.add_argument("--no-postprocess", dest="postprocess", action="store_false",
+                   help="skip the connected-component rule the sweep chose by cross-validation "
+                        "(boneseg.json; infer.postprocess: false turns it off everywhere)")
 
 
 def checkpoints(ref: str, cfg: Config) -> list[Path]:

@@ -90,11 +90,11 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     files = checkpoints(args.model, cfg)
     if dicom:
         req = ModelRequest(files, folds, args.device, args.classes, model_label(args.model, files),
-                           args.backend, args.precision)
+                           args.backend, args.precision, args.postprocess)
         res = segment_series(cfg, inp, out, req, args.output_format, seg_uid)
     else:
         req = ModelRequest(files, folds, args.device, args.classes, backend=args.backend,
-                           precision=args.precision)
+                           precision=args.precision, postprocess=args.postprocess)
         res = segment_files(cfg, inp, out, req)
     for r in res:
         print(f"segment: {r['output']}  {'x'.join(map(str, r['shape']))}  bone {r['bone_ml']} ml  "

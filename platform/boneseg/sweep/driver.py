@@ -244,7 +244,8 @@ def _run(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_n
         best = best_variant(table) if table else None  # one choice for metrics.json, results/model, MLflow
         registered = None
         if table and not failed:
-            register = (lambda d, m: runs.register(cfg.tracking.registered_model, d, m)) \
+            register = (lambda d, m: runs.register(cfg.tracking.registered_model, d, m,
+                                                   say=lambda line: log(f"registry: {line}"))) \
                 if cfg.tracking.registered_model else None
             registered = export(
                 cfg, outcomes, table, best, {"name": exp_name, "run_id": runs.parent}, register,

@@ -10,6 +10,7 @@ from the tracking store, so a tracking outage cannot change them.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -20,9 +21,10 @@ from typing import Callable
 from boneseg.core.config import Config
 from boneseg.core.engine.export import export_fold_models
 from boneseg.core.evaluation.metrics import variant_scores
+from boneseg.core.evaluation.postprocess import choose_postprocessing
 from boneseg.core.io import atomic_dir, atomic_write_text, write_json
 from boneseg.core.labelmap import LABEL_IDS
-from boneseg.core.layout import PREDICTIONS
+from boneseg.core.layout import PREDICTIONS, label_path
 
 MODEL_MANIFEST = "boneseg.json"
 FOLDS_COLUMNS = ["variant", "fold", "case", "bone_dice"]
@@ -69,6 +71,24 @@ def write_results(cfg: Config, table: dict, rows: list, best: str | None) -> Non
     atomic_write_text(cfg.sweep.folds_file, buf.getvalue())
 
 
+def splits_md5(cfg: Config) -> str:
+    """The splits' content hash (what DVC records for data/splits.json)."""
+    p = Path(cfg.data.splits_file)
+    return hashlib.md5(p.read_bytes()).hexdigest() if p.is_file() else ""
+
+
+def postprocessing(cfg: Config, outcomes: list[TrialOutcome], best: str, classes: str) -> dict:
+    """The best variant's postprocessing rule, chosen on its out-of-fold validation maps
+    (`core.evaluation.postprocess`): the manifest's "postprocess" section."""
+    pairs = [(o.model_dir / PREDICTIONS / f"{c['case']}.nii.gz", label_path(cfg.data.labels_dir, c["case"]))
+             for o in outcomes if o.variant == best and o.finished and o.model_dir
+             for c in o.summary["metric_per_case"]]
+    pairs = [(p, t) for p, t in pairs if p.is_file() and t.is_file()]
+    if not pairs:
+        return {"rule": {}, "description": "none", "cases": 0, "why": "no out-of-fold label maps to score"}
+    return choose_postprocessing(pairs, classes, cfg.infer.postprocess_min_ml, cfg.infer.postprocess_min_gain)
+
+
 def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sweep: dict,
            register: Callable[[Path, dict], str] | None = None, say: Callable[[str], None] = print) -> str:
     """Every trial's summary + history into results/trials, the best variant's fold
@@ -76,9 +96,12 @@ def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sw
     `register(model_dir, manifest) -> uri` registers the models (None: not). Returns the
     registered model URI ("-" when not registered). With `infer.export` the fold models are
     exported to ONNX (fp32 + checked int8, `core.engine.export`) before registration, so the
-    registered version carries them and the manifest records the checks."""
+    registered version carries them and the manifest records the checks; with
+    `infer.postprocess` the manifest carries the postprocessing rule chosen by
+    cross-validation, which `segment` applies."""
     manifest = {"variant": best, "folds": [], "label_ids": {str(k): v for k, v in LABEL_IDS.items()},
-                "scores": table[best], "sweep": sweep["name"], "sweep_run_id": sweep["run_id"]}
+                "scores": table[best], "sweep": sweep["name"], "sweep_run_id": sweep["run_id"],
+                "splits_md5": splits_md5(cfg)}  # the promotion gate compares scores on the same splits
     with atomic_dir(cfg.sweep.trials_dir) as trials, atomic_dir(cfg.sweep.model_dir) as models:
         for o in sorted((o for o in outcomes if o.finished), key=lambda o: (o.variant, o.fold)):
             t = trials / o.variant / f"fold{o.fold}"
@@ -92,6 +115,10 @@ def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sw
                 shutil.copy2(o.model_dir / "model.pt", models / f"fold{o.fold}.pt")
                 manifest["folds"].append(o.fold)
                 manifest.update(classes=o.summary["classes"], preprocessing=o.summary["preprocessing"])
+        if cfg.infer.postprocess and manifest["folds"]:
+            manifest["postprocess"] = pp = postprocessing(cfg, outcomes, best, manifest["classes"])
+            say(f"postprocess: {pp['description']} (CV bone Dice {pp.get('bone_dice_before')} -> "
+                f"{pp.get('bone_dice_after')} over {pp['cases']} validation cases)")
         if cfg.infer.export and manifest["folds"]:
             manifest["onnx"] = export_fold_models(cfg, models, manifest["folds"], say)
         # written once, before registration, so the registered version carries it too; the

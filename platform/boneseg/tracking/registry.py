@@ -2,8 +2,10 @@
 
 A reference is a checkpoint (a fold's model.pt, or a folder of them such as the sweep's
 results/model), a registered model (`models:/boneseg/<version>` or
-`models:/boneseg@<alias>`), or an MLflow run id (a fold run, a variant run: its folds,
-or a sweep's parent run: the best variant's folds). Registry and run references are
+`models:/boneseg@<alias>`), or an MLflow run id (a fold run; a variant run: its folds;
+a sweep's parent run: the best variant's folds). A sweep or variant run that carries the
+registered `ensemble` artifact resolves to it, manifest included, so it segments exactly
+as the registered version does (ONNX exports, postprocessing). Registry and run references are
 read from the tracking store (a sqlite file + local artifacts work offline) and cached
 under $BONESEG_CACHE (default ~/.cache/boneseg).
 """
@@ -60,6 +62,24 @@ def _fold_runs(client, run) -> list:
     return sorted(runs, key=lambda r: int(r.data.tags.get("fold", 0)))
 
 
+def _ensemble_of(client, run):
+    """A sweep's (its best variant's) or a variant's run that carries the registered `ensemble`
+    artifact (fold models + boneseg.json: ONNX exports, postprocessing), else None."""
+    tags = run.data.tags
+    level = tags.get("level") or tags.get("kind")
+    if level == "sweep" and tags.get("best_variant"):
+        flt = (f"tags.sweep_id = '{run.info.run_id}' and tags.level = 'variant' "
+               f"and tags.`variant` = '{tags['best_variant']}'")
+        found = client.search_runs([run.info.experiment_id], flt)
+        run = found[0] if found else None
+    elif level != "variant":
+        return None
+    if run is None:
+        return None
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "ensemble")}
+    return run if "ensemble/boneseg.json" in files else None
+
+
 def _artifact_of(source: str, run_id: str) -> str:
     prefix = f"runs:/{run_id}/"
     if not source.startswith(prefix):
@@ -97,6 +117,11 @@ def resolve_model(ref: str, tracking_uri: str, registered_name: str = "boneseg")
                 _download(tracking_uri, mv.run_id, _artifact_of(mv.source, mv.run_id), dst)
             )
         run = client.get_run(ref)
+        ensemble = _ensemble_of(client, run)
+        if ensemble is not None:  # the same files the registered version holds
+            rid = ensemble.info.run_id
+            dst = cache_root() / "ensembles" / rid
+            return find_checkpoints(_download(tracking_uri, rid, "ensemble", dst))
         return [
             _download(tracking_uri, r.info.run_id, "model/model.pt", cache_root() / "runs" / r.info.run_id)
             for r in _fold_runs(client, run)
@@ -124,7 +149,8 @@ def register_model(client, name: str, run_id: str, model_dir: Path, manifest: di
     client.log_artifacts(run_id, str(model_dir), "ensemble")
     try:
         client.create_registered_model(
-            name, description="boneseg fold-model ensembles: `boneseg segment --model models:/NAME/VERSION`")
+            name, description="boneseg fold-model ensembles: `boneseg segment --model models:/NAME@champion` "
+                              "(the best version on the same splits), or models:/NAME/VERSION")
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -134,7 +160,77 @@ def register_model(client, name: str, run_id: str, model_dir: Path, manifest: di
         tags={"variant": variant, "classes": manifest.get("classes", ""),
               "folds": ",".join(map(str, manifest["folds"])), "image_size": str(pre.get("image_size", "")),
               "window": json.dumps(pre.get("window", [])), "sweep_id": manifest["sweep_run_id"],
-              "bone_dice_mean": f"{s['bone_dice_mean']:.4f}", "onnx": onnx_tag(manifest)},
+              "bone_dice_mean": f"{s['bone_dice_mean']:.4f}", "score": repr(float(s["bone_dice_mean"])),
+              "splits_md5": str(manifest.get("splits_md5", "")), "onnx": onnx_tag(manifest)},
         description=f"{variant}: {len(manifest['folds'])} fold models, softmax-averaged; "
                     f"bone Dice {s['bone_dice_mean']:.4f} +- {s['bone_dice_std']:.4f} over folds")
     return f"models:/{name}/{mv.version}"
+
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def _score(tags: dict) -> float:
+    try:
+        return float(tags.get("score", tags.get("bone_dice_mean", "nan")))
+    except ValueError:
+        return float("nan")
+
+
+def promotion(new_tags: dict, champion) -> tuple[bool, str]:
+    """Whether a new version (its tags) takes the alias `champion` from `champion` (a model
+    version, or None), and why. Only a higher final score on the same splits (the same
+    data/splits.json content) wins; scores on other splits are not comparable."""
+    new = _score(new_tags)
+    if new != new:
+        return False, "its score is NaN"
+    if champion is None:
+        return True, "the first scored version"
+    old, tags, v = _score(champion.tags), champion.tags, champion.version
+    was, now = tags.get("splits_md5") or "unknown", new_tags.get("splits_md5") or "unknown"
+    if was != now:
+        return False, (f"champion version {v} was scored on other splits (data/splits.json md5 {was} vs "
+                       f"{now}); scores on different splits are not comparable. Move the alias by hand if "
+                       "you want this version: `boneseg promote VERSION`")
+    if not new > old:
+        return False, f"bone Dice {new:.4f} does not beat champion version {v}'s {old:.4f} on the same splits"
+    return True, f"bone Dice {new:.4f} beats champion version {v}'s {old:.4f} on the same splits"
+
+
+def current_champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no such alias (or model) yet
+        return None
+
+
+def gate(client, name: str, version: str) -> tuple[bool, str]:
+    """The promotion gate after registration: `champion` moves to `version` only when
+    `promotion` says so; otherwise the version is tagged and aliased `challenger`, with why."""
+    mv = client.get_model_version(name, version)
+    promote, why = promotion(mv.tags, current_champion(client, name))
+    role = CHAMPION if promote else CHALLENGER
+    client.set_registered_model_alias(name, role, version)
+    client.set_model_version_tag(name, version, "promotion", role)
+    client.set_model_version_tag(name, version, "promotion_reason", why)
+    return promote, why
+
+
+def promote_by_hand(client, name: str, version: str, where: str) -> str | None:
+    """`boneseg promote VERSION`: `champion` -> `version` (the user named it); returns the
+    version it displaced (None: there was no champion). `where`: the store, for errors."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+        old = current_champion(client, name)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, "promotion", CHAMPION)
+        client.set_model_version_tag(name, version, "promotion_reason", "promoted by hand"
+                                     + (f" (champion was version {old.version})" if old else ""))
+    except MlflowException as exc:
+        raise DataError(f"promote {version}: models:/{name}/{version} not found in {where} "
+                        f"({redact(exc.message.splitlines()[0])}).") from None
+    return str(old.version) if old else None

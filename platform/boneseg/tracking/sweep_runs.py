@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from boneseg.core.config import VARIANTS, Config
-from boneseg.tracking.registry import register_model
+from boneseg.tracking.registry import CHALLENGER, CHAMPION, gate, register_model
 from boneseg.tracking.retry import RetryingClient
 from boneseg.tracking.runs import (
     FOLD_METRICS,
@@ -125,10 +125,14 @@ class SweepRuns:
         log_finite(self.client, rid, {k: scores[k] for k in VARIANT_METRICS})
         self.client.set_terminated(rid, "FINISHED")
 
-    def register(self, name: str, model_dir: Path, manifest: dict) -> str:
+    def register(self, name: str, model_dir: Path, manifest: dict, say=print) -> str:
+        """A new version of `name`, through the promotion gate (`registry.gate`): it becomes
+        models:/NAME@champion only if it beats the champion on the same splits."""
         uri = register_model(self.client, name, self.variant_run(manifest["variant"]), model_dir, manifest)
         self.client.set_tag(self.parent, "registered_model", uri)
         self.client.set_tag(self.variant_run(manifest["variant"]), "registered_model", uri)
+        promoted, why = gate(self.client, name, uri.rsplit("/", 1)[1])
+        say(f"{uri} is models:/{name}@{CHAMPION if promoted else CHALLENGER}: {why}")
         return uri
 
     def close(self, table: dict, best: str | None, ok: bool) -> None:

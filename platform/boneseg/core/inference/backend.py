@@ -5,7 +5,8 @@ auto picks ONNX Runtime on the CPU when the models' manifest (boneseg.json, writ
 sweep at registration) records a checked export for every fold, and int8 only when the
 int8 models passed their Dice check; on CUDA it picks PyTorch. A missing, damaged or
 unrunnable export falls back to PyTorch with one line saying so; when the user forced the
-backend or the precision, it is refused instead, with the fix.
+backend or the precision, it is refused instead, with the fix. The manifest also carries
+the postprocessing rule the sweep chose (`postprocess_rule`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from boneseg.core.inference.onnxrt import OnnxUnusable, OrtNet, onnx_files
+from boneseg.core.inference.postprocess import check_rule
 from boneseg.errors import ConfigError, DataError
 
 MANIFEST = "boneseg.json"  # beside the fold models (sweep.results writes it)
@@ -86,3 +88,12 @@ def _open(folder: Path, manifest: dict, prec: str, fold: int, channels: int, thr
     if not isinstance(entry, dict):
         raise OnnxUnusable(f"{folder}: no {prec} ONNX export of fold {fold} in {MANIFEST}")
     return OrtNet(folder / _plain_name(entry.get("file")), str(entry.get("sha256")), threads, channels)
+
+
+def postprocess_rule(checkpoints: list[Path]) -> dict:
+    """The checked postprocessing rule the models' manifest carries ({} when it has none;
+    a malformed one is refused with the file named, `core.inference.postprocess.check_rule`)."""
+    pp = read_manifest(checkpoints[0].parent).get("postprocess")
+    if not isinstance(pp, dict) or "rule" not in pp:
+        return {}
+    return check_rule(pp["rule"], str(checkpoints[0].parent / MANIFEST))

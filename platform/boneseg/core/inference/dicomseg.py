@@ -128,9 +128,9 @@ def segment_series(cfg: Config, inp: Path, out: Path, req: ModelRequest, fmt: st
     dst = plan_output(Path(inp), Path(out), fmt, seg_uid)
     t0 = time.perf_counter()
     ct, _ = read_ct_folder(inp)
-    tc, rt, models = inference_setup(cfg, req)
-    labels = segment_volume(models, ct.volume, rt, req.classes, tc.eval_batch_size)
-    ids = output_ids(models, req.classes)
+    s = inference_setup(cfg, req)
+    labels = segment_volume(s.models, ct.volume, s.rt, req.classes, s.tc.eval_batch_size, rule=s.rule)
+    ids = output_ids(s.models, req.classes)
     if fmt == "nifti":  # the grid `boneseg import --layout dicom` gives the same series
         save_volume(to_canonical(Volume(labels, ct.volume.affine)), dst)
         atomic_write_text(dst.parent / LABEL_FILE, label_description(ids))

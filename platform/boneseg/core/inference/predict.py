@@ -22,6 +22,7 @@ from boneseg.core.config import Config
 from boneseg.core.data.preprocess import resize_back, stack_25d, window_planes
 from boneseg.core.imaging.nifti import Volume, is_nifti_name, load_ct, save_volume
 from boneseg.core.inference.onnxrt import OrtNet
+from boneseg.core.inference.postprocess import apply_rule
 from boneseg.core.io import atomic_write_text
 from boneseg.core.labelmap import BONE, LABEL_FILE, LabelSpec, label_description
 from boneseg.core.networks.models import build_model
@@ -43,6 +44,7 @@ class ModelRequest:
     ref: str = ""  # how the user named the model (a DICOM-SEG and the proposals' manifest record it)
     backend: str | None = None  # auto | torch | onnxruntime (None: infer.backend)
     precision: str | None = None  # auto | fp32 | int8 (None: infer.precision)
+    postprocess: bool = True  # apply the models' cross-validated rule (and infer.postprocess is on)
 
 
 @dataclass
@@ -166,8 +168,9 @@ def _orientations(affine: np.ndarray):
 
 
 def segment_volume(models: list[FoldModel], ct: Volume, rt: Runtime, classes: str = "all",
-                   batch: int = 8, progress=None) -> np.ndarray:
-    """CT in any orientation -> uint8 label ids on exactly its voxel grid."""
+                   batch: int = 8, progress=None, rule: dict | None = None) -> np.ndarray:
+    """CT in any orientation -> uint8 label ids on exactly its voxel grid (`rule`: a checked
+    postprocessing rule, `core.inference.postprocess`, applied last)."""
     to_ras, back = _orientations(ct.affine)
     ras = nib.orientations.apply_orientation(ct.data, to_ras)  # (X, Y, Z) in RAS+ order
     pre = models[0].preprocessing
@@ -178,7 +181,8 @@ def segment_volume(models: list[FoldModel], ct: Volume, rt: Runtime, classes: st
         labels[:, :, z:z + CHUNK] = resize_back(probs[z:z + CHUNK], ras.shape[:2]).argmax(axis=-1)
     if LabelSpec.of(classes).bone_only:
         labels[labels != BONE] = 0
-    return np.ascontiguousarray(nib.orientations.apply_orientation(labels, back))
+    labels = np.ascontiguousarray(nib.orientations.apply_orientation(labels, back))
+    return apply_rule(labels, rule, ct.spacing) if rule else labels
 
 
 def output_ids(models: list[FoldModel], classes: str) -> list[int]:
@@ -212,16 +216,27 @@ def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def inference_setup(cfg: Config, req: ModelRequest):
-    """A `segment` run's settings, runtime and fold models (on the backend that
-    `core.inference.backend.choose` picks)."""
-    from boneseg.core.inference.backend import choose
+@dataclass
+class Setup:
+    """A `segment` run's settings, runtime, fold models and postprocessing rule."""
+
+    tc: object  # TrainConfig with the device and batch size of this run
+    rt: Runtime
+    models: list[FoldModel]
+    rule: dict  # {} : none
+
+
+def inference_setup(cfg: Config, req: ModelRequest) -> Setup:
+    """The fold models on the backend that `core.inference.backend.choose` picks, and the
+    postprocessing rule their manifest carries (unless turned off)."""
+    from boneseg.core.inference.backend import choose, postprocess_rule
 
     tc = cfg.train.model_copy(update={"device": req.device, "eval_batch_size": cfg.infer.batch_size})
     rt = Runtime.of(tc, training=False)
     nets = choose(req.checkpoints, req.backend or cfg.infer.backend, req.precision or cfg.infer.precision,
                   rt.device.type, tc.threads)
-    return tc, rt, load_fold_models(req.checkpoints, rt, req.folds, nets)
+    rule = postprocess_rule(req.checkpoints) if req.postprocess and cfg.infer.postprocess else {}
+    return Setup(tc, rt, load_fold_models(req.checkpoints, rt, req.folds, nets), rule)
 
 
 def result_row(dst: Path, labels: np.ndarray, ct: Volume, t0: float) -> dict:
@@ -241,16 +256,16 @@ def segment_pairs(cfg: Config, pairs: list[tuple[Path, Path]], req: ModelRequest
     file in every output folder."""
     from tqdm import tqdm
 
-    tc, rt, models = inference_setup(cfg, req)
+    s = inference_setup(cfg, req)
     results = []
     for src, dst in pairs:
         t0 = time.perf_counter()
         ct = load_ct(src)
-        with tqdm(total=len(models), desc=dst.name, unit="model", disable=not progress, leave=False) as bar:
-            labels = segment_volume(models, ct, rt, req.classes, tc.eval_batch_size, progress=bar)
+        with tqdm(total=len(s.models), desc=dst.name, unit="model", disable=not progress, leave=False) as bar:
+            labels = segment_volume(s.models, ct, s.rt, req.classes, s.tc.eval_batch_size, bar, s.rule)
         save_volume(Volume(labels, ct.affine), dst)
         results.append(result_row(dst, labels, ct, t0))
-    ids = output_ids(models, req.classes)
+    ids = output_ids(s.models, req.classes)
     for folder in {dst.parent for _, dst in pairs}:
         atomic_write_text(folder / LABEL_FILE, label_description(ids))
     return results

@@ -1,7 +1,10 @@
-"""The report's "Segmentation backends" section: what the sweep's ONNX export of the best
-variant's fold models recorded in their manifest (results/model/boneseg.json): fp32 parity
-against PyTorch per fold, the int8 model's bone Dice against fp32 per fold, and whether
-int8 is offered, or why not."""
+"""The report's sections on how the best variant's fold models run on new CTs, from their
+manifest (results/model/boneseg.json):
+- "Postprocessing": the rule chosen by cross-validation, with each class's CV Dice with and
+  without each candidate;
+- "Segmentation backends": the ONNX export's fp32 parity against PyTorch per fold, the int8
+  model's bone Dice against fp32 per fold, and whether int8 is offered, or why not.
+The manifest is read from disk, so every value is checked before it is shown."""
 from __future__ import annotations
 
 import html
@@ -9,6 +12,8 @@ import math
 from pathlib import Path
 
 from boneseg.core.inference.backend import int8_verdict, read_manifest
+from boneseg.core.inference.postprocess import check_rule, describe
+from boneseg.errors import DataError
 
 
 def _num(v) -> float | None:
@@ -65,3 +70,54 @@ def backends_html(s: dict) -> str:
             "int8: bone Dice on the fold's validation cases, calibrated on its training cases only.</p>"
             f"<p>{verdict}</p><table><tr><th>fold</th><th>fp32 max |logit diff|</th><th>labels differing</th>"
             f"<th>fp32 bone Dice</th><th>int8 bone Dice</th><th>int8 &minus; fp32</th></tr>{rows}</table>")
+
+
+def postprocess_summary(model_dir: str | Path) -> dict:
+    """{"chosen": bool, "description", "cases", "bone_dice_before", "bone_dice_after",
+    "per_class": {name: {candidate: CV Dice, "kept": candidate | None}}} or {"chosen": False, "why"}."""
+    pp = read_manifest(Path(model_dir)).get("postprocess")
+    if not isinstance(pp, dict) or "rule" not in pp:
+        return {"chosen": False, "why": "the fold models carry no postprocessing choice "
+                                        "(infer.postprocess was off, or they come from an older sweep)"}
+    try:
+        rule = check_rule(pp["rule"], "boneseg.json")
+    except DataError as exc:
+        return {"chosen": False, "why": str(exc)}
+    per_class = {}
+    for name, row in (pp.get("per_class") if isinstance(pp.get("per_class"), dict) else {}).items():
+        if isinstance(row, dict):
+            per_class[str(name)] = {**{str(k): _num(v) for k, v in row.items() if k != "kept"},
+                                    "kept": str(row["kept"]) if row.get("kept") else None}
+    return {"chosen": True, "description": describe({str(k): v for k, v in rule.items()}),
+            "cases": int(pp["cases"]) if isinstance(pp.get("cases"), int) else None,
+            "bone_dice_before": _num(pp.get("bone_dice_before")),
+            "bone_dice_after": _num(pp.get("bone_dice_after")),
+            "per_class": per_class}
+
+
+def postprocess_html(s: dict) -> str:
+    if not s["chosen"]:
+        return f"<p>No postprocessing: {html.escape(s['why'])}.</p>"
+    names = sorted({k for row in s["per_class"].values() for k in row if k != "kept"},
+                   key=lambda k: (k != "none", k))
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = "".join(f"<tr><td>{html.escape(c)}</td>"
+                   + "".join(f"<td>{_f(row.get(n), '.4f')}</td>" for n in names)
+                   + f"<td>{html.escape(row['kept'] or 'none')}</td></tr>"
+                   for c, row in s["per_class"].items())
+    return (f"<p>Rule applied by <code>boneseg segment</code> (<code>--no-postprocess</code> turns it off): "
+            f"<b>{html.escape(s['description'])}</b>. Cross-validated bone Dice over {s['cases']} "
+            f"out-of-fold validation cases: {_f(s['bone_dice_before'], '.4f')} without, "
+            f"{_f(s['bone_dice_after'], '.4f')} with it. A class keeps a rule only if its CV mean Dice "
+            "rises.</p>"
+            f"<table><tr><th>class</th>{head}<th>kept</th></tr>{rows}</table>")
+
+
+def model_summary(model_dir: str | Path) -> dict:
+    """report.json's "postprocess" and "backends" keys."""
+    return {"postprocess": postprocess_summary(model_dir), "backends": backend_summary(model_dir)}
+
+
+def model_html(m: dict) -> str:
+    return (f"<h2>Postprocessing</h2>\n{postprocess_html(m['postprocess'])}\n"
+            f"<h2>Segmentation backends</h2>\n{backends_html(m['backends'])}\n")

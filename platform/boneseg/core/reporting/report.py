@@ -7,8 +7,8 @@ and writes results/report/: index.html, report.json and
 - fig_overlays.png: the best and worst validation cases of the best variant, true
   positives / false positives / false negatives marked (the study's figure 4);
 - fig_curves.png: validation bone Dice and training loss per epoch, every trial;
-and a section on the fold models' ONNX export (`core.reporting.backends`): fp32 parity and
-the int8 check per fold, and why int8 is not offered when it is not.
+and sections on the postprocessing rule chosen by cross-validation (Dice with and without
+it) and the fold models' ONNX export (`core.reporting.backends`).
 The four final scores come with paired bootstrap 95 % confidence intervals of the
 differences between variants (`core.evaluation.stats`). The `report` stage also logs the folder
 to the sweep's MLflow parent run (artifact path `report/`).
@@ -31,7 +31,7 @@ from boneseg.core.io import atomic_dir
 from boneseg.core.labelling.assist import effort_html, labelling_effort
 from boneseg.core.labelmap import BONE
 from boneseg.core.layout import PREDICTIONS, find_cases, label_path
-from boneseg.core.reporting.backends import backend_summary, backends_html
+from boneseg.core.reporting.backends import model_html, model_summary
 from boneseg.core.reporting.figures import pyplot
 from boneseg.errors import DataError
 
@@ -193,7 +193,7 @@ def _p(p: float, n: int) -> str:
 
 
 def render_html(res: dict, stats: dict, figures: list[str], overlays: list[dict], effort: str,
-                backends: str = "") -> str:
+                way_out: str = "") -> str:
     m = res["metrics"]
     rows = []
     for v in res["variants"]:
@@ -245,8 +245,7 @@ docs/labelling.md): voxels to paint, regions to relabel, axial slices touched; b
 truth and the share of the proposed bone lying on other organs. The U-Net rows are out of fold: each case
 is proposed by the fold model that did not train on it.</p>
 {effort}
-<h2>Segmentation backends</h2>
-{backends}
+{way_out}
 <h2>Figures</h2><ul>{ov}</ul>{imgs}
 </body></html>
 """
@@ -260,7 +259,7 @@ def build_report(cfg: Config) -> dict:
     stats = statistics(res["rows"], res["variants"], cfg.report.bootstrap, cfg.report.seed)
     overlays = overlay_cases(cfg, res)
     effort = labelling_effort(cfg, res["metrics"])
-    backends = backend_summary(cfg.sweep.model_dir)
+    way_out = model_summary(cfg.sweep.model_dir)  # postprocessing and backends, from boneseg.json
     with atomic_dir(cfg.report.out_dir) as out:
         figures = ["fig_folds.png", "fig_curves.png"]
         fig_folds(res, out / figures[0])
@@ -275,11 +274,11 @@ def build_report(cfg: Config) -> dict:
             "sweep": res["index"],
             "figures": figures,
             "labelling_effort": effort,
-            "backends": backends,
+            **way_out,
         }
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (out / "index.html").write_text(render_html(res, stats, figures, overlays,
                                                         effort_html(effort["totals"], effort["cases"],
                                                                     effort["unet_variants"]),
-                                                        backends_html(backends)))
+                                                        model_html(way_out)))
     return report
