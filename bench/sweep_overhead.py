@@ -84,6 +84,7 @@ def main() -> None:
             "sweep.log_model=false",
             f"sweep.metrics_file={tmp}/metrics.json",
             f"sweep.folds_file={tmp}/folds.csv",
+            f"sweep.curves_file={tmp}/curves.json",
             f"sweep.model_dir={tmp}/model",
             f"sweep.trials_dir={tmp}/trials",
         ]  # never the DVC outputs

@@ -19,6 +19,7 @@ set_paths=(
   --set "model.thigh_weights=$out/pretrain/thigh_encoder.safetensors" --set "train.out_dir=$out/train"
   --set "tracking.uri=sqlite:///$out/mlflow.db" --set "sweep.storage_path=$out/ray_results"
   --set "sweep.metrics_file=$out/results/metrics.json" --set "sweep.folds_file=$out/results/folds.csv"
+  --set "sweep.curves_file=$out/results/curves.json"
   --set "sweep.model_dir=$out/results/model" --set "sweep.trials_dir=$out/results/trials"
   --set "report.out_dir=$out/results/report"
 )

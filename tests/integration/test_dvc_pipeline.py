@@ -55,6 +55,7 @@ def repo(tmp_path):
     }
     run("git init -q -b main && dvc init -q && dvc config core.analytics false", repo, env)
     run(f"dvc remote add -d local {tmp_path / 'storage'}", repo, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the project's plot templates
     return repo, env
 
 
@@ -106,6 +107,17 @@ def test_repro_noop_param_change_push_and_pull(repo, tmp_path):
     metrics = run("dvc metrics show", repo, env)
     assert "data/labels/qa.json" in metrics and "total.thigh_dice_filled" in metrics
     assert "results/metrics.json" in metrics and "multi-random.bone_dice_mean" in metrics
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, env=env, capture_output=True,
+                           text=True)
+    plots = json.loads(shown.stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    (curve,) = plots["data"]["results/curves.json"]  # one line per trial, each trial's validated epochs
+    records = curve["content"]["data"]["values"]
+    assert {r["trial"] for r in records} == {"multi-random/fold0", "multi-random/fold1"}
+    assert curve["content"]["encoding"]["color"]["field"] == "trial"
+    history = json.loads((repo / "results/trials/multi-random/fold0/history.json").read_text())
+    assert [r["epoch"] for r in records if r["trial"] == "multi-random/fold0"] == \
+        [h["epoch"] for h in history if "val_bone_dice" in h]
 
     run("dvc push -q && git add -A && git commit -qm pipeline", repo, env)
     clone = tmp_path / "clone"

@@ -41,6 +41,7 @@ def sweep_cfg(base, tmp_path, variants=("multi-random", "single-random"), epochs
         "storage_path": str(tmp_path / "ray"),
         "metrics_file": str(tmp_path / "metrics.json"),
         "folds_file": str(tmp_path / "folds.csv"),
+        "curves_file": str(tmp_path / "curves.json"),
         "log_model": False,
         "model_dir": str(tmp_path / "model"),
         "trials_dir": str(tmp_path / "trials"),
@@ -177,6 +178,7 @@ def check_outputs_are_documented(tmp_path, metrics, manifest, client, fold_run):
         "summary.mean": set(summary["mean"]),
         "summary.case": {k for row in summary["metric_per_case"] for k in row},
         "summary.timing": set(summary["timing"]),
+        "curves": {k for r in json.loads((tmp_path / "curves.json").read_text()) for k in r},
         "model": set(manifest),
         "mlflow.fold": {k for k in client.get_run(fold_run.info.run_id).data.metrics
                         if not k.startswith(("val_", "train_")) and k not in ("lr", "images_per_s")},

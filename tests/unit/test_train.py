@@ -106,6 +106,11 @@ def test_fit_writes_summary_and_resume_continues_the_same_trajectory(tiny_pipeli
     assert summary["bone_dice"] == pytest.approx(straight.bone_dice)
     assert len(summary["metric_per_case"]) == len(cfg_val_cases(cfg, 0))
     assert 0 <= straight.bone_dice <= 1 and not math.isnan(straight.test_bone_dice)
+    res = summary["resources"]  # what the trial used, for MLflow and the packing advice
+    assert res["device"].startswith("cpu") and res["peak_rss_scope"] in ("trial", "process")
+    assert 0.05 < res["peak_rss_gib"] < 24
+    speeds = [h["images_per_s"] for h in straight.history]
+    assert res["images_per_s"] == pytest.approx(sum(speeds) / len(speeds), rel=1e-2)
 
 
 def test_patch_training_resumes_on_the_same_windows_and_validates_whole_slices(tiny_pipeline, tmp_path,

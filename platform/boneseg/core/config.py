@@ -271,6 +271,8 @@ class SweepConfig(_Strict):
     log_model: bool = Field(True, description="log each fold's final model.pt to its MLflow run")
     metrics_file: str = "results/metrics.json"
     folds_file: str = "results/folds.csv"
+    curves_file: str = Field("results/curves.json", description="every trial's validated epochs, one record "
+                                                                "each (`dvc plots show`)")
     model_dir: str = Field("results/model", description="the best variant's fold models + boneseg.json")
     trials_dir: str = Field("results/trials", description="every trial's summary.json + history.json")
 

@@ -32,5 +32,5 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     for variant, s in table.items():
         print(f"  {variant:<18} {s['bone_dice_mean']:.4f} +- {s['bone_dice_std']:.4f}  "
               f"pooled {s['bone_dice_pooled']:.4f}  test {s['test_bone_dice']:.4f}")
-    print(f"  -> {cfg.sweep.metrics_file}, {cfg.sweep.folds_file}")
+    print(f"  -> {cfg.sweep.metrics_file}, {cfg.sweep.folds_file}, {cfg.sweep.curves_file}")
     return 0

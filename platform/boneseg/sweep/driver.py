@@ -21,7 +21,7 @@ from boneseg.core.evaluation.metrics import best_variant
 from boneseg.core.layout import load_index, load_splits
 from boneseg.errors import BonesegError, ConfigError
 from boneseg.sweep.quiet import ray_noise_to_log
-from boneseg.sweep.results import TrialOutcome, collect, export, write_results
+from boneseg.sweep.results import TrialOutcome, collect, export, write_curves, write_results
 from boneseg.sweep.storage import Storage
 from boneseg.sweep.tracker import Tracker, log
 
@@ -103,7 +103,7 @@ def check_resources(cfg: Config) -> None:
 def grid_fingerprint(cfg: Config, variants, folds) -> str:
     """What a resumable experiment must match: every setting the trials read, and the grid."""
     keep = cfg.model_dump(exclude={"sweep": {"storage_path", "storage_outage_s", "log_model", "model_dir",
-                                             "trials_dir"},
+                                             "trials_dir", "curves_file"},
                                    "tracking": True, "report": True, "infer": True})
     return hashlib.sha256(
         json.dumps([keep, variants, folds], sort_keys=True, default=str).encode()
@@ -239,6 +239,7 @@ def _run(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_n
     with tempfile.TemporaryDirectory(prefix="boneseg-fetched-") as fetched:  # s3:// checkpoints
         outcomes = outcomes_of(grid_result, Path(fetched))
         table, rows, failed = collect(outcomes, variants, folds)
+        write_curves(cfg, outcomes)  # the learning curves, for `dvc plots show`
         for variant, scores in table.items():
             runs.close_variant(variant, scores)
         best = best_variant(table) if table else None  # one choice for metrics.json, results/model, MLflow

@@ -58,6 +58,25 @@ def collect(outcomes: list[TrialOutcome], variants: list[str], folds: list[int])
     return table, sorted(rows, key=lambda x: (x["variant"], x["fold"], x["case"])), failed
 
 
+CURVE_KEYS = ("train_loss", "val_loss", "val_bone_dice")
+
+
+def write_curves(cfg: Config, outcomes: list[TrialOutcome]) -> int:
+    """results/curves.json: one record per validated epoch of every finished trial
+    ({"trial": "<variant>/fold<k>", "epoch", "train_loss", "val_loss", "val_bone_dice"}),
+    so `dvc plots show` draws one line per trial (template .dvc/plots/trials.json; DVC
+    needs every record to hold the plotted fields). Returns the number of records."""
+    records = []
+    for o in sorted((o for o in outcomes if o.finished and o.model_dir), key=lambda o: (o.variant, o.fold)):
+        h = o.model_dir / "history.json"
+        for e in json.loads(h.read_text()) if h.is_file() else []:
+            if all(isinstance(e.get(k), (int, float)) and e[k] == e[k] for k in CURVE_KEYS):
+                records.append({"trial": f"{o.variant}/fold{o.fold}", "epoch": int(e["epoch"]),
+                                **{k: round(float(e[k]), 6) for k in CURVE_KEYS}})
+    atomic_write_text(cfg.sweep.curves_file, json.dumps(records, indent=0) + "\n")
+    return len(records)
+
+
 def write_results(cfg: Config, table: dict, rows: list, best: str | None) -> None:
     """`best`: `core.evaluation.metrics.best_variant(table)`, chosen once by the driver (None: no table)."""
     metrics = {v: {k: round(x, 6) for k, x in s.items()} for v, s in table.items()}

@@ -176,6 +176,19 @@ def log_finite(client, run_id: str, values: dict) -> None:
             client.log_metric(run_id, k, float(v))
 
 
+def log_resources(client, run_id: str, res: dict | None) -> None:
+    """A trial's resources (summary.json "resources"): peak memory and mean img/s as
+    metrics, the device and the peak's scope as tags."""
+    if not isinstance(res, dict):
+        return
+    log_finite(client, run_id, {"peak_rss_gib": res.get("peak_rss_gib"),
+                                "images_per_s_mean": res.get("images_per_s"),
+                                "cuda_max_allocated_gib": res.get("cuda_max_allocated_gib"),
+                                "cuda_max_reserved_gib": res.get("cuda_max_reserved_gib")})
+    client.set_tag(run_id, "device_name", str(res.get("device", ""))[:250])
+    client.set_tag(run_id, "peak_rss_scope", str(res.get("peak_rss_scope", "")))
+
+
 class MlflowTrial:
     """fit() callback: params + tags at start, metrics per epoch, summary at the end."""
 
@@ -200,6 +213,7 @@ class MlflowTrial:
         log_finite(
             self.client, self.run_id, {"bone_dice": result.bone_dice, "test_bone_dice": result.test_bone_dice}
         )
+        log_resources(self.client, self.run_id, result.summary.get("resources"))
         out = Path(result.out_dir)
         for name in ("summary.json", "history.json"):
             self.client.log_artifact(self.run_id, str(out / name))

@@ -24,6 +24,7 @@ from boneseg.tracking.runs import (
     git_tags,
     log_epoch,
     log_finite,
+    log_resources,
     log_trial_start,
     tracking_uri,
 )
@@ -109,6 +110,7 @@ class SweepRuns:
         values = {"bone_dice": summary["bone_dice"], "test_bone_dice": summary["test"]["bone_dice"],
                   **{k: summary["mean"][k] for k in FOLD_METRICS if k in summary["mean"]}}
         log_finite(self.client, rid, values)
+        log_resources(self.client, rid, summary.get("resources"))
         self.client.log_text(rid, json.dumps(summary, indent=1, default=float) + "\n", "summary.json")
         self.client.set_terminated(rid, "FINISHED")
 

@@ -21,6 +21,7 @@ import torch
 from boneseg.core.config import VARIANTS, Config, TrainConfig
 from boneseg.core.data.dataset import SliceDataset, make_loader
 from boneseg.core.data.device_data import DeviceSlices, use_device_data
+from boneseg.core.engine import resources
 from boneseg.core.engine.augment import prepare_batch
 from boneseg.core.evaluation.validate import validate, write_predictions
 from boneseg.core.io import atomic_path, write_json
@@ -197,6 +198,7 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
     train_cases, val_cases, test_cases = fold_cases(cfg, fold)
     index = load_index(cfg.data.slices_dir)
     rt = Runtime.of(tc)
+    rss_scope = resources.start(rt.device)  # this trial's peaks, not the (reused) worker's
     seed_everything(tc.seed + fold)
     model, weights = build_model(LabelSpec.of(classes).channels,
                                  cfg.model.encoder_weights if init == "pretrained" else "none",
@@ -230,13 +232,14 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
                                         info=asdict(info)))
         for cb in callbacks:
             getattr(cb, "on_epoch", lambda *a: None)(epoch, metrics, ckpt_path)
-    result = finish(model, cfg, info, history, rt, last_val)
+    result = finish(model, cfg, info, history, rt, last_val, rss_scope)
     for cb in callbacks:
         getattr(cb, "on_end", lambda r: None)(result)
     return result
 
 
-def finish(model, cfg: Config, info: TrialInfo, history: list, rt: Runtime, last_val=None) -> TrialResult:
+def finish(model, cfg: Config, info: TrialInfo, history: list, rt: Runtime, last_val=None,
+           rss_scope: str = "process") -> TrialResult:
     """Final 3-D evaluation of validation and test patients -> summary.json + model.pt, and
     every predicted label map in predictions/ (cases this model did not train on).
     `last_val` is the last epoch's validation of this same model (None after a resume
@@ -268,6 +271,7 @@ def finish(model, cfg: Config, info: TrialInfo, history: list, rt: Runtime, last
         "test": {"bone_dice": test["bone_dice"], "mean": test, "metric_per_case": test_rows},
         "preprocessing": pre,
         "timing": timing,  # seconds; the sweep adds its reporting time (docs/benchmarks.md)
+        "resources": resources.read(rt.device, history, rss_scope),  # device, peak memory, img/s
     }
     write_json(out / "summary.json", summary)
     write_json(out / "history.json", history)
