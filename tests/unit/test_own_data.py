@@ -424,3 +424,31 @@ def test_sources_that_give_no_case_are_one_clear_refusal(tmp_path):
     with pytest.raises(DataError, match=r"data.sources gave no case \(1 skipped; the first: broken"):
         build_raw(cfg, progress=False)
     assert not (tmp_path / "data/raw").exists()
+
+
+def test_a_queued_dvc_experiments_copy_keeps_the_projects_state_tracking_and_storage(tmp_path, monkeypatch):
+    """`dvc exp run --queue` runs stages in <project>/.dvc/tmp/exps/<copy> with DVC_ROOT set to
+    the project: the sqlite store, Ray storage and the private state stay the project's."""
+    from boneseg.core.project import anchored_path, anchored_uri, project_root, queued_workspace_root
+
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert queued_workspace_root() is None and anchored_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert queued_workspace_root() == project.resolve()
+    assert anchored_uri("sqlite:///mlflow.db") == f"sqlite:///{project.resolve()}/mlflow.db"
+    assert anchored_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"  # absolute: as given
+    assert anchored_uri("http://mlflow:5000") == "http://mlflow:5000"
+    assert anchored_path("ray_results") == str(project.resolve() / "ray_results")
+    assert anchored_path("s3://ray/x") == "s3://ray/x"
+    assert project_root(copy / "data" / "raw") == project.resolve()  # the id map and locks: the project's
+    monkeypatch.chdir(project)  # `dvc repro` in the project itself: nothing changes
+    assert queued_workspace_root() is None and project_root(project / "data") == project.resolve()
+    (project / "sub").mkdir()
+    monkeypatch.chdir(project / "sub")  # a stage with a wdir inside the project
+    assert queued_workspace_root() is None

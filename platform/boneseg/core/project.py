@@ -6,7 +6,9 @@
         locks/<name>.lock          flock files: one import / correction / sweep at a time
 
 <project> is the nearest folder at or above the data that holds dvc.yaml, .dvc or .git;
-data outside any project keeps its state beside itself (its parent folder).
+data outside any project keeps its state beside itself (its parent folder). A queued DVC
+experiment runs in a temporary copy of the project that DVC deletes afterwards: its
+private state, tracking store and sweep storage stay the project's (`anchored_*`).
 """
 from __future__ import annotations
 
@@ -28,12 +30,45 @@ ID_MAP = "import_idmap.json"
 MARKERS = ("dvc.yaml", ".dvc", ".git")
 
 
+def queued_workspace_root() -> Path | None:
+    """The project a DVC experiment runs for when it runs in a temporary copy of it
+    (`dvc exp run --queue` / `--temp`: DVC sets DVC_ROOT to the project and runs the
+    stages in .dvc/tmp/exps/..., which it deletes afterwards); None otherwise."""
+    root = os.environ.get("DVC_ROOT")
+    if not root:
+        return None
+    root_p, cwd = Path(root).resolve(), Path.cwd().resolve()
+    if cwd == root_p or (root_p in cwd.parents and root_p / ".dvc" not in cwd.parents):
+        return None  # the project itself, or a stage's wdir inside it
+    return root_p  # .dvc/tmp/exps/<copy> (queued), or a copy elsewhere
+
+
+def anchored_path(path: str) -> str:
+    """A relative local path (not a URI) outside the temporary copy's life: under the project
+    when running queued, else unchanged."""
+    root = queued_workspace_root()
+    if root is None or "://" in path or Path(path).is_absolute():
+        return path
+    return str(root / path)
+
+
+def anchored_uri(uri: str) -> str:
+    """sqlite:///relative.db -> sqlite:////<project>/relative.db when running queued."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/") and queued_workspace_root():
+        return prefix + anchored_path(uri[len(prefix):])
+    return uri
+
+
 def project_root(path: str | os.PathLike) -> Path:
-    """The project that `path` (a file or folder, existing or not) belongs to."""
+    """The project that `path` (a file or folder, existing or not) belongs to (for a queued
+    DVC experiment's temporary copy: the project it was copied from, so the private state,
+    the id map and locks included, is the project's own)."""
     p = Path(path).resolve()
     for d in (p, *p.parents):
         if any((d / m).exists() for m in MARKERS):
-            return d
+            queued = queued_workspace_root()
+            return queued if queued is not None and d == Path.cwd().resolve() else d
     return p.parent
 
 

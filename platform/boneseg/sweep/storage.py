@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from boneseg.core.io import atomic_path
+from boneseg.core.project import anchored_path
 from boneseg.core.redact import redact
 from boneseg.core.retry import with_backoff
 from boneseg.errors import BonesegError
@@ -61,7 +62,7 @@ class Storage:
         if self.remote:
             self.uri = location
         else:
-            self.uri = str(Path(location).resolve())
+            self.uri = str(Path(anchored_path(location)).resolve())  # a queued DVC experiment: the project's
         self._fs = None
         self.outage_s, self._sleep = outage_s, sleep
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from boneseg.core.config import Config
+from boneseg.core.project import anchored_uri, queued_workspace_root
 from boneseg.core.redact import redact
 
 # the per-epoch metric names; anything else in a result is not logged per epoch
@@ -26,7 +27,9 @@ VARIANT_METRICS = ("bone_dice_mean", "bone_dice_std", "bone_dice_pooled", "test_
 
 
 def tracking_uri(cfg: Config) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    """MLFLOW_TRACKING_URI, else tracking.uri; a relative sqlite file is the project's own
+    even in a queued DVC experiment's temporary copy (`core.project.anchored_uri`)."""
+    return anchored_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri)
 
 
 def client_for(cfg: Config):
@@ -59,7 +62,10 @@ def experiment_id(client, name: str) -> str:
     """The experiment's id (created if needed), tagged as model development with a note on
     how to compare the variants; a note someone has edited is kept."""
     exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(name)
+    root = queued_workspace_root()  # a queued DVC experiment: artifacts go to the project's ./mlruns too
+    local = str(getattr(client, "tracking_uri", "")).startswith("sqlite:")
+    where = (root / "mlruns").as_uri() if root is not None and local else None
+    exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=where)
     have = exp.tags if exp else {}
     for k, v in EXPERIMENT_TAGS.items():
         if k not in have:
