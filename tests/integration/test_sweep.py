@@ -216,8 +216,8 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
         assert digests(resolve_model(ref, cfg.tracking.uri)) == local, name
     outs = {}
     # registry, folder and the sweep's run id (its best variant's `ensemble` artifact) carry the
-    # ONNX export (infer.backend auto: ONNX Runtime) and the postprocessing rule; --backend torch
-    # runs the folder's fold*.pt on PyTorch, with the same rule
+    # ONNX export (infer.backend auto: int8 ONNX Runtime when offered; at these 32 px slices PyTorch
+    # otherwise) and the postprocessing rule; --backend torch runs the fold*.pt, with the same rule
     runs = [*((n, r, "auto") for n, r in refs.items()), ("torch", refs["folder"], "torch")]
     for name, ref, backend in runs:
         out = tmp_path / "seg" / name / "seg.nii.gz"

@@ -179,3 +179,21 @@ def test_int8_model_runs_and_agrees_with_fp32_on_validation_slices(exported, tmp
     b = OrtNet(int8, None, 1, 5)(x).argmax(1)
     assert int8.stat().st_size < (folder / "fold0.onnx").stat().st_size / 2  # int8 weights
     assert (a == b).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("size,offered,want", [(160, False, "torch"), (320, False, "onnxruntime"),
+                                               (160, True, "onnxruntime"), (None, False, "onnxruntime")])
+def test_auto_picks_the_backend_measured_faster_for_the_models_slice_size(tmp_path, size, offered, want):
+    """auto without int8: fp32 ONNX Runtime from 256 px up, PyTorch below (docs/benchmarks.md#segment)."""
+    from boneseg.core.inference.backend import choose
+
+    (tmp_path / "fold0.pt").write_bytes(b"")
+    man = {"onnx": {"files": {"0": {"fp32": {"file": "fold0.onnx", "sha256": "0"}}},
+                    "int8": {"offered": offered}}}
+    if size is not None:  # a manifest without preprocessing: as before, ONNX Runtime
+        man["preprocessing"] = {"image_size": size, "window": [-200, 1500]}
+    (tmp_path / "boneseg.json").write_text(json.dumps(man))
+    nets = choose([tmp_path / "fold0.pt"], "auto", "auto", "cpu", 1)
+    assert (nets is None) == (want == "torch")
+    assert choose([tmp_path / "fold0.pt"], "auto", "fp32", "cpu", 1) is not None  # asked for fp32 ONNX
+    assert choose([tmp_path / "fold0.pt"], "auto", "auto", "cuda", 1) is None

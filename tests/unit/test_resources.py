@@ -28,3 +28,4 @@ def test_speed_and_device_are_reported():
     assert res["images_per_s"] == 15.0 and res["device"].startswith("cpu: ")
     assert "cuda_max_allocated_gib" not in res
     assert resources.read(CPU, [], "trial")["images_per_s"] is None
+

@@ -268,6 +268,9 @@ class SweepConfig(_Strict):
         120.0, gt=0, description="sweep storage reads and writes retry this long while it is down"
     )
     reuse_actors: bool = True
+    dashboard: bool = Field(False, description="start Ray's dashboard with a local Ray (127.0.0.1, token "
+                                               "authentication; needs ray[default]); off: faster start-up "
+                                               "(docs/benchmarks.md#ray-start-up)")
     log_model: bool = Field(True, description="log each fold's final model.pt to its MLflow run")
     metrics_file: str = "results/metrics.json"
     folds_file: str = "results/folds.csv"
@@ -303,8 +306,9 @@ class InferConfig(_Strict):
     sweep exports at registration. Training and the sweep's validation stay in PyTorch."""
 
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
-        "auto", description="auto: ONNX Runtime on the CPU when the model carries a checked ONNX export, "
-                            "else PyTorch (always PyTorch on CUDA)")
+        "auto", description="auto: ONNX Runtime on the CPU when the model carries a checked ONNX export "
+                            "(int8 when offered; fp32 from 256 px slices up), else PyTorch (always "
+                            "PyTorch on CUDA)")
     precision: Literal["auto", "fp32", "int8"] = Field(
         "auto", description="ONNX Runtime only. auto: int8 when the model's int8 check passed, else fp32")
     batch_size: int = Field(8, ge=1, le=4096, description="slices per forward pass (8: fastest on CPU, "

@@ -20,6 +20,7 @@ from boneseg.core.config import ENCODER_WEIGHT_NAMES, VARIANTS, Config
 from boneseg.core.evaluation.metrics import best_variant
 from boneseg.core.layout import load_index, load_splits
 from boneseg.errors import BonesegError, ConfigError
+from boneseg.sweep.cluster import auth_env_for, ray_start_error
 from boneseg.sweep.quiet import ray_noise_to_log
 from boneseg.sweep.results import TrialOutcome, collect, export, write_curves, write_results
 from boneseg.sweep.storage import Storage
@@ -103,30 +104,30 @@ def check_resources(cfg: Config) -> None:
 def grid_fingerprint(cfg: Config, variants, folds) -> str:
     """What a resumable experiment must match: every setting the trials read, and the grid."""
     keep = cfg.model_dump(exclude={"sweep": {"storage_path", "storage_outage_s", "log_model", "model_dir",
-                                             "trials_dir", "curves_file"},
+                                             "trials_dir", "curves_file", "dashboard"},
                                    "tracking": True, "report": True, "infer": True})
     return hashlib.sha256(
         json.dumps([keep, variants, folds], sort_keys=True, default=str).encode()
     ).hexdigest()[:12]
 
 
-def auth_env_for(address: str | None) -> dict[str, str]:
-    """Ray 2.59+ protects clusters with a token. A local ray.init() makes and uses one by
-    itself; to join a `ray start` cluster the driver needs RAY_AUTH_MODE=token and the
-    cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)."""
-    if not address or "RAY_AUTH_MODE" in os.environ:
-        return {}
-    has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
-        Path("~/.ray/auth_token").expanduser().is_file()
-    return {"RAY_AUTH_MODE": "token"} if has_token else {}
-
-
-def connect(address: str | None) -> None:
+def connect(address: str | None, dashboard: bool = False) -> None:
+    """`dashboard` (sweep.dashboard) starts Ray's dashboard with a local Ray, on 127.0.0.1
+    only (behind Ray's token authentication); a cluster's dashboard is the head node's
+    (`ray start --head --include-dashboard=true`), not the driver's to choose."""
     import ray
 
     # keep the driver's output readable: Ray's own logs go to its session folder
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True,
-             logging_level="WARNING")
+    try:
+        ctx = ray.init(address=address, include_dashboard=dashboard if address is None else None,
+                       dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
+                       logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        raise ConfigError(ray_start_error(exc, address)) from None  # one line, no traceback
+    url = getattr(ctx, "dashboard_url", None)
+    if dashboard and address is None and url:
+        print(f"boneseg sweep: Ray dashboard on http://{url} (Ray's token: `ray get-auth-token`)",
+              file=sys.stderr)
 
 
 def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> dict:
@@ -147,7 +148,7 @@ def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> di
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
     address = address or os.environ.get("RAY_ADDRESS")
     with scoped_env({**RAY_ENV, **auth_env_for(address)}):
-        connect(address)
+        connect(address, cfg.sweep.dashboard)
         try:
             check_resources(cfg)
             ctx = ray.get_runtime_context()

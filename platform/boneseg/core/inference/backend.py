@@ -2,8 +2,9 @@
 `segment --backend/--precision`).
 
 auto picks ONNX Runtime on the CPU when the models' manifest (boneseg.json, written by the
-sweep at registration) records a checked export for every fold, and int8 only when the
-int8 models passed their Dice check; on CUDA it picks PyTorch. A missing, damaged or
+sweep at registration) records a checked export for every fold: int8 when the int8
+models passed their Dice check, else fp32, but only for slices of 256 px or more (below,
+PyTorch is faster); on CUDA it picks PyTorch. A missing, damaged or
 unrunnable export falls back to PyTorch with one line saying so; when the user forced the
 backend or the precision, it is refused instead, with the fix. The manifest also carries
 the postprocessing rule the sweep chose (`postprocess_rule`).
@@ -21,6 +22,9 @@ from boneseg.errors import ConfigError, DataError
 
 MANIFEST = "boneseg.json"  # beside the fold models (sweep.results writes it)
 MAX_MANIFEST_BYTES = 1 << 20
+# auto without a checked int8 model: fp32 ONNX Runtime from this slice size up, PyTorch below
+# (bench/segment_speed.py: 0.76x PyTorch's speed at 160 px, 1.21x at 320 px; docs/benchmarks.md#segment)
+ORT_FP32_FROM_SIZE = 256
 
 
 def read_manifest(folder: Path) -> dict:
@@ -69,6 +73,10 @@ def choose(checkpoints: list[Path], backend: str, precision: str, device: str,
     if precision == "int8" and not offered:
         raise DataError(f"--precision int8: not offered for {folder} ({why}). Use --precision fp32 or auto.")
     prec = "int8" if precision == "int8" or (precision == "auto" and offered) else "fp32"
+    size = (manifest.get("preprocessing") or {}).get("image_size")
+    if backend == "auto" and precision == "auto" and prec == "fp32" and isinstance(size, int) \
+            and size < ORT_FP32_FROM_SIZE:
+        return None  # measured: PyTorch (batch 8) beats fp32 ONNX Runtime on small slices
 
     def nets(wanted: list[tuple[int, int]]) -> list[OrtNet] | None:
         try:
