@@ -29,6 +29,7 @@ CASES = [
     (["correct", "export", "abd000", "--set", f"data.raw_dir={MISSING}"], MISSING),
     (["correct", "import", "abd000", f"{MISSING}.nii.gz"], f"{MISSING}.nii.gz"),
     (["correct", "import", "abd000", "x.nii.gz", "--proposal", "vnet"], "--proposal"),
+    (["correct", "next", "--model", MISSING], MISSING),
     (["labels", "--set", "labels.threshold_hu=high"], "labels.threshold_hu"),
     (["splits", "--set", "splits.folds=1"], "splits.folds"),
     (["slices", "--set", "data.image_size=100"], "data.image_size"),
@@ -42,6 +43,8 @@ CASES = [
     (["segment", "--input", MISSING, "--output", "{tmp}/seg.nii.gz", "--model", MISSING], MISSING),
     (["segment", "--input", "{tmp}", "--output", "{tmp}/o", "--model", "m", "--folds", "0,x"], "--folds"),
     (["preview", f"{MISSING}.nii.gz", "--out", "{tmp}/p.png"], f"{MISSING}.nii.gz"),
+    (["promote", "latest"], "latest"),
+    (["promote", "3", "--set", "tracking.uri=http://127.0.0.1:9"], "127.0.0.1:9"),
     (["--params", f"{MISSING}.yaml", "config"], f"{MISSING}.yaml"),
     (["--experiment", "nope", "config"], "nope"),
 ]

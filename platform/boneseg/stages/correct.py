@@ -64,14 +64,14 @@ def rank_next(args: argparse.Namespace, cfg: Config) -> int:
     from boneseg.core.inference.predict import ModelRequest
     from boneseg.core.labelling.worklist import rank, to_label, write_worklist
 
+    ref = args.model or cfg.sweep.model_dir
+    req = ModelRequest(checkpoints(ref, cfg), args.folds, args.device, ref=ref, backend=args.backend,
+                       precision=args.precision)  # a bad --model fails before the cases are scanned
     cases = to_label(cfg)
     if not cases:
         print(f"correct: every abdominal case in {cfg.data.raw_dir} has truth or a correction; nothing to "
               "rank")
         return 0
-    ref = args.model or cfg.sweep.model_dir
-    req = ModelRequest(checkpoints(ref, cfg), args.folds, args.device, ref=ref, backend=args.backend,
-                       precision=args.precision)
     with tqdm(total=len(cases), desc="ranking", unit="case") as bar:
         rows = rank(cfg, req, cases, bar)
     path = write_worklist(cfg, rows, ref)
