@@ -42,8 +42,8 @@ def has_default_extras() -> bool:
 
 def probe(dash: bool) -> dict:
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "", "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-c", PROBE.format(dash=dash)], capture_output=True, text=True,
-                       env=env, timeout=300)
+    code = PROBE.replace("{dash}", str(dash))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     if r.returncode != 0:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
     return json.loads(r.stdout.strip().splitlines()[-1])

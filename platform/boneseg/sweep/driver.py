@@ -111,7 +111,7 @@ def grid_fingerprint(cfg: Config, variants, folds) -> str:
     ).hexdigest()[:12]
 
 
-def connect(address: str | None, dashboard: bool = False) -> None:
+def connect(address: str | None, dashboard: bool = False) -> str | None:
     """`dashboard` (sweep.dashboard) starts Ray's dashboard with a local Ray, on 127.0.0.1
     only (behind Ray's token authentication); a cluster's dashboard is the head node's
     (`ray start --head --include-dashboard=true`), not the driver's to choose."""
@@ -128,6 +128,8 @@ def connect(address: str | None, dashboard: bool = False) -> None:
     if dashboard and address is None and url:
         print(f"boneseg sweep: Ray dashboard on http://{url} (Ray's token: `ray get-auth-token`)",
               file=sys.stderr)
+        return url
+    return None
 
 
 def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> dict:
