@@ -85,7 +85,7 @@ def order_seconds(cfg: Config, req: ModelRequest, planes: np.ndarray) -> dict:
     s = inference_setup(cfg, req)
     rt, models, batch = s.rt, s.models, s.tc.eval_batch_size
     x_all = stack_25d(planes)
-    for m in models:  # each session's first pass (its memory) outside both timings
+    for m in models:  # each model's first pass (its memory allocation) outside both timings
         m.net(torch.from_numpy(x_all[:batch]))
     t0 = time.perf_counter()
     for m in models:

@@ -1,6 +1,11 @@
 """Shared fixtures: tiny synthetic CT made in the test, nothing downloaded."""
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -136,3 +141,28 @@ def write_dicom_series(vol: Volume, folder, series_number: int = 2, modality: st
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def copy_project(repo: Path, gitignore: bool = True) -> None:
+    """The project's pipeline into `repo` (dvc.yaml, params.yaml, the code, the settings'
+    folders), as a user's checkout holds it, for tests that run DVC in a repository of their own."""
+    repo.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", *((".gitignore",) if gitignore else ())):
+        shutil.copy(PROJECT / name, repo / name)
+    for d in ("experiments", "platform", "data/corrections", "data/sources"):
+        shutil.copytree(PROJECT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def project_env() -> dict[str, str]:
+    """The environment for git, DVC and boneseg in such a repository: this Python's tools
+    first, no tracking URI, Ray address or DVC root inherited, a git identity."""
+    return {
+        **{k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DVC_ROOT")},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+    }

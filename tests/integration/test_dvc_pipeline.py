@@ -1,16 +1,16 @@
 """Real DVC in a real git repository: repro of the whole pipeline (the sweep on a local Ray
 included), no-op repro, param change re-runs only downstream, push/pull to a remote."""
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import yaml
+
+from conftest import copy_project, project_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -29,11 +29,7 @@ def ran_stages(output: str) -> set[str]:
 @pytest.fixture
 def repo(tmp_path):
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, repo / name)
-    for d in ("experiments", "platform", "data/corrections", "data/sources"):
-        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_project(repo, gitignore=False)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["synth"].update(abdomen=5, thigh=2, matrix=48, slices=6)
     params["data"]["image_size"] = 32
@@ -44,15 +40,7 @@ def repo(tmp_path):
     params["train"].update(epochs=2, batch_size=2)
     params["sweep"].update(variants=["multi-random"], log_model=False)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")},
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    env = project_env()
     run("git init -q -b main && dvc init -q && dvc config core.analytics false", repo, env)
     run(f"dvc remote add -d local {tmp_path / 'storage'}", repo, env)
     shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")  # the project's plot templates

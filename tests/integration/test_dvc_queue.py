@@ -1,17 +1,14 @@
 """`dvc exp run --queue` is safe: a queued experiment runs in a temporary copy of the project
 that DVC deletes afterwards, and its MLflow runs (and their artifacts) still land in the
 project's own tracking store (sqlite:///mlflow.db and ./mlruns beside dvc.yaml)."""
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import copy_project, project_env
+
 pytestmark = pytest.mark.slow
 
 
@@ -23,23 +20,13 @@ def run(cmd, cwd, env):
 
 def test_a_queued_experiment_logs_to_the_projects_mlflow_store(tmp_path):
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    for d in ("experiments", "platform", "data/corrections", "data/sources"):
-        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_project(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["synth"].update(abdomen=2, thigh=2, matrix=48, slices=6)
     params["propose"].update(spacing_mm=[4.0, 4.0, 4.0], crop=[16, 16, 16], window=[16, 16, 16], steps=5,
                              val_cases=1)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **{k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DVC_ROOT")},
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    env = project_env()
     run("git init -q -b main && dvc init -q && dvc config core.analytics false && git add -A "
         "&& git commit -qm project", repo, env)
     run("dvc exp run --queue propose -S propose.steps=4 -n queued", repo, env)

@@ -3,10 +3,8 @@ correction, the sweep and `segment` to a DICOM-SEG, under real DVC in a real git
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +13,7 @@ import pytest
 import yaml
 
 from boneseg.core.imaging.nifti import Volume
-from conftest import write_dicom_series
+from conftest import copy_project, project_env, write_dicom_series
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -46,21 +44,12 @@ def patient(seed: int) -> Volume:
 @pytest.fixture
 def lab(tmp_path):
     repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    for d in ("experiments", "platform", "data/corrections", "data/sources"):
-        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_project(repo)
     export = tmp_path / "pacs_export"  # as a PACS exports it: folders named after patients
     for i, name in enumerate(["SMITH_JOHN", "DOE_JANE", "ROE_RICHARD", "POE_EDGAR"]):
         write_dicom_series(patient(i), export / name / "study1" / "CT_ABDOMEN", series_number=2 + i)
     write_dicom_series(patient(9), tmp_path / "new_patient" / "MILLER_ANNA", series_number=5)
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")},
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    env = project_env()
     run("git init -q -b main && dvc init -q && dvc config core.analytics false", repo, env)
     return repo, export, tmp_path / "new_patient" / "MILLER_ANNA", env
 

@@ -211,11 +211,15 @@ def gate(client, name: str, version: str) -> tuple[bool, str]:
     `promotion` says so; otherwise the version is tagged and aliased `challenger`, with why."""
     mv = client.get_model_version(name, version)
     promote, why = promotion(mv.tags, current_champion(client, name))
-    role = CHAMPION if promote else CHALLENGER
+    _assign(client, name, version, CHAMPION if promote else CHALLENGER, why)
+    return promote, why
+
+
+def _assign(client, name: str, version: str, role: str, why: str) -> None:
+    """The alias `role` -> `version`, and the version's tags saying so and why."""
     client.set_registered_model_alias(name, role, version)
     client.set_model_version_tag(name, version, "promotion", role)
     client.set_model_version_tag(name, version, "promotion_reason", why)
-    return promote, why
 
 
 def promote_by_hand(client, name: str, version: str, where: str) -> str | None:
@@ -226,10 +230,8 @@ def promote_by_hand(client, name: str, version: str, where: str) -> str | None:
     try:
         client.get_model_version(name, version)
         old = current_champion(client, name)
-        client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "promotion", CHAMPION)
-        client.set_model_version_tag(name, version, "promotion_reason", "promoted by hand"
-                                     + (f" (champion was version {old.version})" if old else ""))
+        _assign(client, name, version, CHAMPION,
+                "promoted by hand" + (f" (champion was version {old.version})" if old else ""))
     except MlflowException as exc:
         raise DataError(f"promote {version}: models:/{name}/{version} not found in {where} "
                         f"({redact(exc.message.splitlines()[0])}).") from None

@@ -171,18 +171,34 @@ def segment_volume(models: list[FoldModel], ct: Volume, rt: Runtime, classes: st
                    batch: int = 8, progress=None, rule: dict | None = None) -> np.ndarray:
     """CT in any orientation -> uint8 label ids on exactly its voxel grid (`rule`: a checked
     postprocessing rule, `core.inference.postprocess`, applied last)."""
+    return _label_maps([models], ct, rt, classes, batch, progress, rule)[0]
+
+
+def fold_label_maps(models: list[FoldModel], ct: Volume, rt: Runtime, batch: int = 8) -> list[np.ndarray]:
+    """Each fold model's own label map of `ct` (all ids, no postprocessing), the CT
+    reoriented, windowed and resampled once for all of them."""
+    return _label_maps([[m] for m in models], ct, rt, "all", batch, None, None)
+
+
+def _label_maps(groups: list[list[FoldModel]], ct: Volume, rt: Runtime, classes: str, batch: int,
+                progress, rule: dict | None) -> list[np.ndarray]:
+    """One label map per group of fold models (the group's ensemble), from one preparation of the CT."""
     to_ras, back = _orientations(ct.affine)
     ras = nib.orientations.apply_orientation(ct.data, to_ras)  # (X, Y, Z) in RAS+ order
-    pre = models[0].preprocessing
+    pre = groups[0][0].preprocessing
     planes = window_planes(np.asarray(ras, dtype=np.float32), int(pre["image_size"]), pre["window"])
-    probs = ensemble_probabilities(models, planes, rt, batch, progress)  # (Z, K, S, S)
-    labels = np.empty(ras.shape, np.uint8)
-    for z in range(0, probs.shape[0], CHUNK):  # a few full-size planes at a time
-        labels[:, :, z:z + CHUNK] = resize_back(probs[z:z + CHUNK], ras.shape[:2]).argmax(axis=-1)
-    if LabelSpec.of(classes).bone_only:
-        labels[labels != BONE] = 0
-    labels = np.ascontiguousarray(nib.orientations.apply_orientation(labels, back))
-    return apply_rule(labels, rule, ct.spacing) if rule else labels
+    out = []
+    for models in groups:
+        probs = ensemble_probabilities(models, planes, rt, batch, progress)  # (Z, K, S, S)
+        labels = np.empty(ras.shape, np.uint8)
+        for z in range(0, probs.shape[0], CHUNK):  # a few full-size planes at a time
+            labels[:, :, z:z + CHUNK] = resize_back(probs[z:z + CHUNK], ras.shape[:2]).argmax(axis=-1)
+        del probs
+        if LabelSpec.of(classes).bone_only:
+            labels[labels != BONE] = 0
+        labels = np.ascontiguousarray(nib.orientations.apply_orientation(labels, back))
+        out.append(apply_rule(labels, rule, ct.spacing) if rule else labels)
+    return out
 
 
 def output_ids(models: list[FoldModel], classes: str) -> list[int]:

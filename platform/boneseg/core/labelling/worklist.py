@@ -54,7 +54,7 @@ def disagreement(maps: list[np.ndarray]) -> float:
 
 def rank(cfg: Config, req: ModelRequest, cases: list[dict], progress=None) -> list[dict]:
     """[{"case", "disagreement", "bone_ml"}] sorted most uncertain first (ties: case id)."""
-    from boneseg.core.inference.predict import bone_ml, inference_setup, segment_volume
+    from boneseg.core.inference.predict import bone_ml, fold_label_maps, inference_setup
 
     s = inference_setup(cfg, replace(req, postprocess=False))
     if len(s.models) < 2:
@@ -64,7 +64,7 @@ def rank(cfg: Config, req: ModelRequest, cases: list[dict], progress=None) -> li
     rows = []
     for c in cases:
         ct = load_ct(c["ct"])
-        maps = [segment_volume([m], ct, s.rt, "all", s.tc.eval_batch_size) for m in s.models]
+        maps = fold_label_maps(s.models, ct, s.rt, s.tc.eval_batch_size)
         rows.append({"case": c["case"], "disagreement": round(disagreement(maps), 6),
                      "bone_ml": bone_ml(maps[0], ct.spacing)})
         if progress is not None:

@@ -20,11 +20,11 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def backend_summary(model_dir: str | Path) -> dict:
+def backend_summary(model_dir: str | Path, manifest: dict | None = None) -> dict:
     """{"exported": bool, "why"?: str, "int8_offered", "int8_why", "folds": [...]} from the
-    models' manifest; every number is checked to be a finite number (the manifest is read
-    from disk, so it is not trusted)."""
-    onnx = read_manifest(Path(model_dir)).get("onnx")
+    models' manifest (read from `model_dir` unless given); every number is checked to be a
+    finite number (the manifest is read from disk, so it is not trusted)."""
+    onnx = (read_manifest(Path(model_dir)) if manifest is None else manifest).get("onnx")
     if not isinstance(onnx, dict):
         return {"exported": False, "why": "the fold models carry no ONNX export (infer.export was off, or "
                                           "they come from an older sweep)"}
@@ -62,8 +62,8 @@ def backends_html(s: dict) -> str:
     verdict = ("<b>int8 is offered</b>: <code>boneseg segment</code> uses it by default on the CPU "
                f"(fold-mean bone Dice loss {_f(s['mean_bone_dice_loss'], '.5f')}, allowed "
                f"{_f(s['max_loss'], 'g')})." if s["int8_offered"] else
-               f"<b>int8 is not offered</b>: {html.escape(s['int8_why'])}. Segment runs fp32 ONNX Runtime "
-               "on the CPU.")
+               f"<b>int8 is not offered</b>: {html.escape(s['int8_why'])}. On the CPU, segment runs fp32 "
+               "ONNX Runtime for slices of 256 px or more, PyTorch below.")
     return (f"<p>The best variant's fold models were exported to ONNX (opset {html.escape(str(s['opset']))}, "
             f"checked with ONNX Runtime {html.escape(s['onnxruntime'])}). fp32 parity: the largest logit "
             "difference from PyTorch and the share of pixels whose label differs, on one validation case. "
@@ -72,10 +72,10 @@ def backends_html(s: dict) -> str:
             f"<th>fp32 bone Dice</th><th>int8 bone Dice</th><th>int8 &minus; fp32</th></tr>{rows}</table>")
 
 
-def postprocess_summary(model_dir: str | Path) -> dict:
+def postprocess_summary(model_dir: str | Path, manifest: dict | None = None) -> dict:
     """{"chosen": bool, "description", "cases", "bone_dice_before", "bone_dice_after",
     "per_class": {name: {candidate: CV Dice, "kept": candidate | None}}} or {"chosen": False, "why"}."""
-    pp = read_manifest(Path(model_dir)).get("postprocess")
+    pp = (read_manifest(Path(model_dir)) if manifest is None else manifest).get("postprocess")
     if not isinstance(pp, dict) or "rule" not in pp:
         return {"chosen": False, "why": "the fold models carry no postprocessing choice "
                                         "(infer.postprocess was off, or they come from an older sweep)"}
@@ -88,7 +88,7 @@ def postprocess_summary(model_dir: str | Path) -> dict:
         if isinstance(row, dict):
             per_class[str(name)] = {**{str(k): _num(v) for k, v in row.items() if k != "kept"},
                                     "kept": str(row["kept"]) if row.get("kept") else None}
-    return {"chosen": True, "description": describe({str(k): v for k, v in rule.items()}),
+    return {"chosen": True, "description": describe(rule),
             "cases": int(pp["cases"]) if isinstance(pp.get("cases"), int) else None,
             "bone_dice_before": _num(pp.get("bone_dice_before")),
             "bone_dice_after": _num(pp.get("bone_dice_after")),
@@ -114,8 +114,10 @@ def postprocess_html(s: dict) -> str:
 
 
 def model_summary(model_dir: str | Path) -> dict:
-    """report.json's "postprocess" and "backends" keys."""
-    return {"postprocess": postprocess_summary(model_dir), "backends": backend_summary(model_dir)}
+    """report.json's "postprocess" and "backends" keys, from one read of the manifest."""
+    manifest = read_manifest(Path(model_dir))
+    return {"postprocess": postprocess_summary(model_dir, manifest),
+            "backends": backend_summary(model_dir, manifest)}
 
 
 def model_html(m: dict) -> str:
