@@ -120,7 +120,9 @@ def export(cfg: Config, outcomes: list[TrialOutcome], table: dict, best: str, sw
     cross-validation, which `segment` applies."""
     manifest = {"variant": best, "folds": [], "label_ids": {str(k): v for k, v in LABEL_IDS.items()},
                 "scores": table[best], "sweep": sweep["name"], "sweep_run_id": sweep["run_id"],
-                "splits_md5": splits_md5(cfg)}  # the promotion gate compares scores on the same splits
+                "splits_md5": splits_md5(cfg),  # the promotion gate compares scores on the same splits
+                # how the served model (tracking.served) runs, without a project's params.yaml
+                "infer": cfg.infer.model_dump(include={"backend", "precision", "batch_size", "postprocess"})}
     with atomic_dir(cfg.sweep.trials_dir) as trials, atomic_dir(cfg.sweep.model_dir) as models:
         for o in sorted((o for o in outcomes if o.finished), key=lambda o: (o.variant, o.fold)):
             t = trials / o.variant / f"fold{o.fold}"

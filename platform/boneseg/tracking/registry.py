@@ -3,11 +3,13 @@
 A reference is a checkpoint (a fold's model.pt, or a folder of them such as the sweep's
 results/model), a registered model (`models:/boneseg/<version>` or
 `models:/boneseg@<alias>`), or an MLflow run id (a fold run; a variant run: its folds;
-a sweep's parent run: the best variant's folds). A sweep or variant run that carries the
-registered `ensemble` artifact resolves to it, manifest included, so it segments exactly
-as the registered version does (ONNX exports, postprocessing). Registry and run references are
-read from the tracking store (a sqlite file + local artifacts work offline) and cached
-under $BONESEG_CACHE (default ~/.cache/boneseg).
+a sweep's parent run: the best variant's folds). A registered version is a pyfunc
+LoggedModel (`tracking.served`, which `mlflow models serve` serves) whose data/ensemble
+folder holds the fold models; a sweep or variant run that registered one resolves to it,
+manifest included, so it segments exactly as the registered version does (ONNX exports,
+postprocessing). Registry and run references are read from the tracking store (a sqlite
+file + local artifacts work offline) and cached under $BONESEG_CACHE (default
+~/.cache/boneseg).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from boneseg.core.inference.predict import find_checkpoints
 from boneseg.core.redact import redact
 from boneseg.errors import DataError
 
+ENSEMBLE_TAG = "ensemble_model"  # on the variant run: its registered pyfunc LoggedModel's URI
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MODEL_URI = re.compile(r"^models:/([^/@]+)(?:/(\d+)|@([\w-]+))$")
 
@@ -28,18 +31,28 @@ def cache_root() -> Path:
     return Path(os.environ.get("BONESEG_CACHE", Path.home() / ".cache" / "boneseg"))
 
 
-def _download(tracking_uri: str, run_id: str, artifact: str, dst: Path) -> Path:
-    """A run artifact into the local cache, once (a finished download records its path)."""
+def _download(tracking_uri: str, dst: Path, **where) -> Path:
+    """Artifacts (`artifact_uri=`, or `run_id=` + `artifact_path=`) into the local cache,
+    once (a finished download records its path)."""
     import mlflow
 
     done = dst / ".complete"
     if done.is_file() and Path(done.read_text().strip()).exists():
         return Path(done.read_text().strip())
     dst.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst),
-                                                tracking_uri=tracking_uri)
+    local = mlflow.artifacts.download_artifacts(**where, dst_path=str(dst), tracking_uri=tracking_uri)
     done.write_text(f"{local}\n")
     return Path(local)
+
+
+def _fetch_ensemble(tracking_uri: str, source: str, run_id: str, dst: Path) -> Path:
+    """A registered source -> the local folder of fold models: a pyfunc LoggedModel
+    (models:/m-<id>, its data/ensemble) or, for versions registered before, a run artifact."""
+    if source.startswith("models:/"):
+        from boneseg.tracking.served import NAME
+
+        return _download(tracking_uri, dst, artifact_uri=source) / "data" / NAME
+    return _download(tracking_uri, dst, run_id=run_id, artifact_path=_artifact_of(source, run_id))
 
 
 def _fold_runs(client, run) -> list:
@@ -62,9 +75,10 @@ def _fold_runs(client, run) -> list:
     return sorted(runs, key=lambda r: int(r.data.tags.get("fold", 0)))
 
 
-def _ensemble_of(client, run):
-    """A sweep's (its best variant's) or a variant's run that carries the registered `ensemble`
-    artifact (fold models + boneseg.json: ONNX exports, postprocessing), else None."""
+def _ensemble_of(client, run) -> str | None:
+    """The registered ensemble (fold models + boneseg.json: ONNX exports, postprocessing)
+    that a sweep's run (its best variant's) or a variant's run carries, as a source URI
+    (its pyfunc LoggedModel, or a `runs:/` artifact of older sweeps), else None."""
     tags = run.data.tags
     level = tags.get("level") or tags.get("kind")
     if level == "sweep" and tags.get("best_variant"):
@@ -76,8 +90,15 @@ def _ensemble_of(client, run):
         return None
     if run is None:
         return None
+    if run.data.tags.get(ENSEMBLE_TAG):
+        return run.data.tags[ENSEMBLE_TAG]
     files = {a.path for a in client.list_artifacts(run.info.run_id, "ensemble")}
-    return run if "ensemble/boneseg.json" in files else None
+    return f"runs:/{run.info.run_id}/ensemble" if "ensemble/boneseg.json" in files else None
+
+
+def _run_of(source: str) -> str:
+    """The run id of a runs:/<id>/<path> source ('' for others)."""
+    return source.split("/")[1] if source.startswith("runs:/") else ""
 
 
 def _artifact_of(source: str, run_id: str) -> str:
@@ -113,17 +134,15 @@ def resolve_model(ref: str, tracking_uri: str, registered_name: str = "boneseg")
             )
             # keyed by the version's run too: another store's "boneseg/1" is another model
             dst = cache_root() / "models" / f"{name}-v{mv.version}-{mv.run_id}"
-            return find_checkpoints(
-                _download(tracking_uri, mv.run_id, _artifact_of(mv.source, mv.run_id), dst)
-            )
+            return find_checkpoints(_fetch_ensemble(tracking_uri, mv.source, mv.run_id, dst))
         run = client.get_run(ref)
-        ensemble = _ensemble_of(client, run)
-        if ensemble is not None:  # the same files the registered version holds
-            rid = ensemble.info.run_id
-            dst = cache_root() / "ensembles" / rid
-            return find_checkpoints(_download(tracking_uri, rid, "ensemble", dst))
+        source = _ensemble_of(client, run)
+        if source is not None:  # the same files the registered version holds
+            dst = cache_root() / "ensembles" / source.replace(":/", "-").replace("/", "-")
+            return find_checkpoints(_fetch_ensemble(tracking_uri, source, _run_of(source), dst))
         return [
-            _download(tracking_uri, r.info.run_id, "model/model.pt", cache_root() / "runs" / r.info.run_id)
+            _download(tracking_uri, cache_root() / "runs" / r.info.run_id, run_id=r.info.run_id,
+                      artifact_path="model/model.pt")
             for r in _fold_runs(client, run)
         ]
     except MlflowException as exc:
@@ -142,11 +161,15 @@ def onnx_tag(manifest: dict) -> str:
 
 
 def register_model(client, name: str, run_id: str, model_dir: Path, manifest: dict) -> str:
-    """The variant's fold models (+ boneseg.json) as the variant run's `ensemble` artifact,
-    registered as a new version of `name`; returns models:/<name>/<version>."""
+    """The variant's fold models (+ boneseg.json) as a pyfunc LoggedModel of the variant run
+    (`tracking.served`: MLflow can serve it), registered as a new version of `name`; the run
+    is tagged `ensemble_model` with its URI. Returns models:/<name>/<version>."""
     from mlflow.exceptions import MlflowException
 
-    client.log_artifacts(run_id, str(model_dir), "ensemble")
+    from boneseg.tracking.served import log_pyfunc
+
+    source, model_id = log_pyfunc(client, run_id, model_dir)
+    client.set_tag(run_id, ENSEMBLE_TAG, source)
     try:
         client.create_registered_model(
             name, description="boneseg fold-model ensembles: `boneseg segment --model models:/NAME@champion` "
@@ -156,7 +179,7 @@ def register_model(client, name: str, run_id: str, model_dir: Path, manifest: di
             raise
     s, pre, variant = manifest["scores"], manifest.get("preprocessing", {}), manifest["variant"]
     mv = client.create_model_version(
-        name, f"runs:/{run_id}/ensemble", run_id=run_id,
+        name, source, run_id=run_id, model_id=model_id,
         tags={"variant": variant, "classes": manifest.get("classes", ""),
               "folds": ",".join(map(str, manifest["folds"])), "image_size": str(pre.get("image_size", "")),
               "window": json.dumps(pre.get("window", [])), "sweep_id": manifest["sweep_run_id"],
