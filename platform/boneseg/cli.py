@@ -33,6 +33,8 @@ COMMANDS = {
     "slices": ("slices", "resample + window every case for 2.5-D input (data/slices)"),
     "pretrain": ("pretrain", "pretrain the encoder on the thigh cohort (offline 'pretrained' variants)"),
     "train": ("train", "train + evaluate one (variant, fold) trial without Ray, tracked in MLflow"),
+    "tune": ("tune", "search hyperparameters on Ray Tune (ASHA; random or Optuna), write "
+                     "experiments/tuned-<id>.yaml"),
     "sweep": ("sweep", "run the variants x folds grid on Ray Tune, tracked in MLflow"),
     "report": ("report", "study-style figures, overlays and bootstrap CIs (results/report)"),
     "evaluate": ("evaluate", "Dice/TP/FP/FN/volumes of label maps vs ground truth (file or folder)"),

@@ -30,6 +30,7 @@ def test_help_lists_every_command_with_one_line(capsys):
         "slices",
         "pretrain",
         "train",
+        "tune",
         "sweep",
         "report",
         "evaluate",

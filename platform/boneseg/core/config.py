@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from boneseg.core.redact import credentials_in, redact
 from boneseg.core.vocabulary import VARIANTS, Cohort, Layout, ProposalSource
@@ -337,6 +337,66 @@ class InferConfig(_Strict):
         return v
 
 
+class SpaceSpec(_Strict):
+    """One searched setting (`search:`): exactly one of a range or a list of choices."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = Field(None, description="integers lo..hi, both included")
+    choice: list[Any] | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_valid_range(self):
+        given = {k: v for k, v in self.model_dump().items() if v is not None}
+        if len(given) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, randint, choice; "
+                             f"got {sorted(given) or 'none'}")
+        (kind, v), = given.items()
+        if kind != "choice" and not v[0] < v[1]:
+            raise ValueError(f"{kind}: expected [low, high] with low < high, got {list(v)}")
+        if kind == "loguniform" and v[0] <= 0:
+            raise ValueError(f"loguniform: the low end must be > 0, got {v[0]}")
+        return self
+
+    def values(self) -> list:
+        """The values a setting must accept: the range's ends, or every choice."""
+        given = (self.uniform, self.loguniform, self.randint, self.choice)
+        return next(list(v) for v in given if v is not None)
+
+
+class TuneSettings(_Strict):
+    """`boneseg tune`: hyperparameter search on Ray Tune over `search` (docs/tune.md)."""
+
+    variant: str | None = Field(None, description="the variant whose settings are searched (null: the first "
+                                                  "of sweep.variants)")
+    folds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="inner cross-validation: the objective is the mean validation "
+                                         "bone Dice over these folds (test cases are never read)")
+    algorithm: Literal["random", "optuna"] = Field("random", description="random search, or Optuna's TPE")
+    num_samples: int = Field(8, ge=1, le=10000, description="settings tried")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="null: as many as the cluster fits")
+    scheduler: Literal["asha", "none"] = Field(
+        "asha", description="asha: stop poor trials at rungs of validated epochs; none: every trial runs out")
+    grace_epochs: int = Field(1, ge=1, description="ASHA: validated epochs before a trial may be stopped")
+    reduction_factor: int = Field(4, ge=2, le=16, description="ASHA: 1/this of the trials go on at each rung "
+                                                              "(4: Ray Tune's default)")
+    seed: int = Field(0, description="the search's seed (same seed, same sampled settings)")
+    overrides_dir: str = Field("experiments", description="where experiments/tuned-<id>.yaml is written")
+
+    @field_validator("variant")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None and v not in VARIANTS:
+            raise ValueError(f"expected one of {list(VARIANTS)}, got {v!r}")
+        return v
+
+
+# searchable: train.* hyperparameters; not what fixes the budget, the data or the machine
+SEARCHABLE = ("train.",)
+NOT_SEARCHABLE = {"train.epochs", "train.val_every", "train.seed", "train.device", "train.threads",
+                  "train.num_workers", "train.out_dir", "train.eval_batch_size", "train.data_on_device"}
+
+
 class Config(_Strict):
     experiment: str | None = Field(None, description="name of an override in experiments/")
     data: DataConfig = DataConfig()
@@ -350,6 +410,28 @@ class Config(_Strict):
     sweep: SweepConfig = SweepConfig()
     report: ReportConfig = ReportConfig()
     infer: InferConfig = InferConfig()
+    tune: TuneSettings = TuneSettings()
+    search: dict[str, SpaceSpec] = Field(default_factory=dict, description="`boneseg tune`'s search space: "
+                                         "setting path -> range, e.g. train.lr: {loguniform: [1e-4, 1e-2]}")
+
+    @model_validator(mode="after")
+    def _searchable(self):
+        """Every searched key is a train hyperparameter, and every value of its range is valid for it."""
+        for key, spec in self.search.items():
+            if not key.startswith(SEARCHABLE) or key in NOT_SEARCHABLE:
+                raise ValueError(f"search.{key}: not searchable (train.* hyperparameters only, not "
+                                 f"{', '.join(sorted(NOT_SEARCHABLE))})")
+            section, _, field = key.partition(".")
+            model = getattr(self, section)
+            if field not in type(model).model_fields:
+                raise ValueError(f"search.{key}: unknown setting (`boneseg config` lists every key)")
+            for v in spec.values():
+                try:
+                    type(model).model_validate({**model.model_dump(), field: v})
+                except ValidationError as exc:
+                    msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"search.{key}: {v!r} is not a valid {key} ({msg})") from None
+        return self
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -402,7 +484,9 @@ def _format_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if not err["loc"]:  # a check across keys (`search`): its message names the key
+            parts.append(msg)
+        elif err["type"] == "extra_forbidden":
             parts.append(f"{path}: unknown key (check the spelling; `boneseg config` lists every key)")
         else:
             got = redact(repr(err["input"]))  # a URI's credentials never reach the message

@@ -175,11 +175,11 @@ def log_epoch(client, run_id: str, epoch: int, metrics: dict) -> None:
     client.log_batch(run_id, metrics=ms)
 
 
-def log_finite(client, run_id: str, values: dict) -> None:
+def log_finite(client, run_id: str, values: dict, step: int = 0) -> None:
     """Log the numbers that are not NaN (MLflow cannot chart NaN)."""
     for k, v in values.items():
         if v is not None and v == v:
-            client.log_metric(run_id, k, float(v))
+            client.log_metric(run_id, k, float(v), step=step)
 
 
 def log_resources(client, run_id: str, res: dict | None) -> None:
