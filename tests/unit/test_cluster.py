@@ -23,7 +23,7 @@ def test_the_local_dashboard_answers_only_with_rays_token():
 
     import ray
 
-    from boneseg.sweep.driver import connect
+    from boneseg.sweep.session import connect
 
     where = connect(None, dashboard=True)
     try:

@@ -85,7 +85,10 @@ def test_the_version_is_a_pyfunc_logged_model_of_the_variant_run_with_a_signatur
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["nifti", "path"]
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["labels", "bone_ml"]
     assert info.signature.params.to_dict()[0]["name"] == "token"
-    assert client.get_logged_model(mv.source.removeprefix("models:/")).source_run_id == registered["run"]
+    logged = client.get_logged_model(mv.source.removeprefix("models:/"))
+    assert logged.source_run_id == registered["run"]
+    # in the run's own experiment, not the default one (which a team server's user may only read)
+    assert logged.experiment_id == client.get_run(registered["run"]).info.experiment_id != "0"
     assert client.get_run(registered["run"]).data.tags["ensemble_model"] == mv.source
     # segment, the run id and the registry reach the very same fold models
     local = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in registered["models"].glob("fold*.pt"))

@@ -1,4 +1,5 @@
-"""What several commands share: the model options (`segment`, `assist`) and their parsing.
+"""What several commands share: the model options (`segment`, `assist`) and their parsing,
+the Ray options (`sweep`, `tune`).
 Argument values are checked by argparse (`type=`), so a bad one is one usage line, exit 2."""
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ def folds_arg(text: str) -> list[int] | None:
     if not folds or folds[0] < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected 'all' or fold numbers like 0,1")
     return folds
+
+
+def add_ray_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--address and --resume | --restart (`sweep`, `tune`): where Ray runs, and whether an
+    unfinished run of `what` is resumed."""
+    p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help=f"require resuming an unfinished {what}")
+    g.add_argument("--restart", action="store_true", help=f"start a new {what} even if one can be resumed")
 
 
 def add_model_options(p: argparse.ArgumentParser, required: bool) -> None:

@@ -8,14 +8,12 @@ import time
 from pathlib import Path
 
 from boneseg.core.config import Config
+from boneseg.stages.common import add_ray_options
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tune")
-    p.add_argument("--address", help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="require resuming an unfinished search")
-    g.add_argument("--restart", action="store_true", help="start a new search even if one can be resumed")
+    add_ray_options(p, "search")
     p.set_defaults(func=main)
 
 

@@ -7,7 +7,6 @@ resume point, see sweep.trial); a killed driver is resumed by running the same c
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -20,27 +19,11 @@ from boneseg.core.config import ENCODER_WEIGHT_NAMES, VARIANTS, Config
 from boneseg.core.evaluation.metrics import best_variant
 from boneseg.core.layout import load_index, load_splits
 from boneseg.errors import BonesegError, ConfigError
-from boneseg.sweep.cluster import auth_env_for, ray_start_error
-from boneseg.sweep.quiet import ray_noise_to_log
 from boneseg.sweep.results import TrialOutcome, collect, export, write_curves, write_results
+from boneseg.sweep.session import on_ray
 from boneseg.sweep.storage import Storage
 from boneseg.sweep.tracker import Tracker, log
 
-# read by Ray while the sweep runs: only the legacy reporter honours verbose=0 (no boxed
-# tables; the Tracker prints one line per event). Set for the sweep alone (`scoped_env`).
-RAY_ENV = {"RAY_AIR_NEW_OUTPUT": "0"}
-
-
-@contextlib.contextmanager
-def scoped_env(values: dict[str, str]):
-    """Environment variables that the user has not set, set for the block only."""
-    added = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
 
 def absolute_config(cfg: Config) -> Config:
     """Paths made absolute, so trials read the same files whatever their working directory."""
@@ -90,17 +73,6 @@ def preflight(cfg: Config, variants: list[str]) -> list[str]:
     return problems
 
 
-def check_resources(cfg: Config) -> None:
-    import ray
-
-    have = ray.cluster_resources()
-    need = {"CPU": cfg.sweep.cpus_per_trial, "GPU": cfg.sweep.gpus_per_trial}
-    for k, v in need.items():
-        if v and have.get(k, 0) < v:
-            raise ConfigError(f"sweep: each trial asks for {v} {k} but the Ray cluster has {have.get(k, 0)}. "
-                              f"Lower sweep.{'cpus' if k == 'CPU' else 'gpus'}_per_trial or add nodes.")
-
-
 def grid_fingerprint(cfg: Config, variants, folds) -> str:
     """What a resumable experiment must match: every setting the trials read, and the grid."""
     keep = cfg.model_dump(exclude={"sweep": {"storage_path", "storage_outage_s", "log_model", "model_dir",
@@ -111,31 +83,8 @@ def grid_fingerprint(cfg: Config, variants, folds) -> str:
     ).hexdigest()[:12]
 
 
-def connect(address: str | None, dashboard: bool = False) -> str | None:
-    """`dashboard` (sweep.dashboard) starts Ray's dashboard with a local Ray, on 127.0.0.1
-    only (behind Ray's token authentication); a cluster's dashboard is the head node's
-    (`ray start --head --include-dashboard=true`), not the driver's to choose."""
-    import ray
-
-    # keep the driver's output readable: Ray's own logs go to its session folder
-    try:
-        ctx = ray.init(address=address, include_dashboard=dashboard if address is None else None,
-                       dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
-                       logging_level="WARNING")
-    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-        raise ConfigError(ray_start_error(exc, address)) from None  # one line, no traceback
-    url = getattr(ctx, "dashboard_url", None)
-    if dashboard and address is None and url:
-        print(f"boneseg sweep: Ray dashboard on http://{url} (Ray's token: `ray get-auth-token`)",
-              file=sys.stderr)
-        return url
-    return None
-
-
 def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> dict:
     """Run (or resume) the grid; returns {variant: scores}. mode: auto | resume | restart."""
-    import ray
-
     cfg = absolute_config(cfg)
     variants, folds = grid(cfg)
     problems = preflight(cfg, variants)
@@ -146,19 +95,14 @@ def run_sweep(cfg: Config, address: str | None = None, mode: str = "auto") -> di
     exp_name = None if mode == "restart" else storage.find_unfinished(fingerprint)
     if mode == "resume" and exp_name is None:
         raise ConfigError(f"--resume: no unfinished sweep with these settings under {storage.where}.")
+    cfg = trial_threads(cfg)
+    return on_ray(cfg, address, storage, lambda: _run(cfg, variants, folds, storage, fingerprint, exp_name))
+
+
+def trial_threads(cfg: Config) -> Config:
+    """Each trial's torch threads: its CPU share (sweep.cpus_per_trial, at least 1)."""
     threads = max(1, int(cfg.sweep.cpus_per_trial))
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
-    address = address or os.environ.get("RAY_ADDRESS")
-    with scoped_env({**RAY_ENV, **auth_env_for(address)}):
-        connect(address, cfg.sweep.dashboard)
-        try:
-            check_resources(cfg)
-            ctx = ray.get_runtime_context()
-            quiet_log = Path(ctx.get_temp_dir()) / ctx.get_session_name() / "logs" / "boneseg-driver.log"
-            with ray_noise_to_log(storage.where, quiet_log):
-                return _run(cfg, variants, folds, storage, fingerprint, exp_name)
-        finally:
-            ray.shutdown()
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
 
 
 def _tuner(cfg: Config, variants, folds, storage: Storage, fingerprint: str, exp_name: str | None):

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 from ray import tune
 
 from boneseg.core.config import Config
 from boneseg.core.engine.search import validated_epochs
 from boneseg.errors import BonesegError, ConfigError
-from boneseg.sweep.cluster import auth_env_for
-from boneseg.sweep.driver import RAY_ENV, absolute_config, check_resources, connect, preflight, scoped_env
-from boneseg.sweep.quiet import ray_noise_to_log
+from boneseg.sweep.driver import absolute_config, preflight, trial_threads
+from boneseg.sweep.session import on_ray
 from boneseg.sweep.storage import Storage
 
 METRIC, TIME_ATTR = "val_bone_dice", "validated_epochs"
@@ -157,8 +154,6 @@ def run_search(cfg: Config, address: str | None = None, mode: str = "auto", fini
     """Run (or resume) the search; returns {"name", "best", "trial_epochs", "trials", ...}.
     `finish(result) -> str`: writes the best setting out (the override file's path), before
     the MLflow parent closes with it."""
-    import ray
-
     variant, folds = check_search(cfg)
     cfg = absolute_config(cfg)
     problems = preflight(cfg, [variant])
@@ -169,19 +164,9 @@ def run_search(cfg: Config, address: str | None = None, mode: str = "auto", fini
     name = None if mode == "restart" else storage.find_unfinished(fingerprint)
     if mode == "resume" and name is None:
         raise ConfigError(f"--resume: no unfinished search with these settings under {storage.where}.")
-    threads = max(1, int(cfg.sweep.cpus_per_trial))
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
-    address = address or os.environ.get("RAY_ADDRESS")
-    with scoped_env({**RAY_ENV, **auth_env_for(address)}):
-        connect(address, cfg.sweep.dashboard)
-        try:
-            check_resources(cfg)
-            ctx = ray.get_runtime_context()
-            quiet_log = Path(ctx.get_temp_dir()) / ctx.get_session_name() / "logs" / "boneseg-driver.log"
-            with ray_noise_to_log(storage.where, quiet_log):
-                return _run(cfg, variant, folds, storage, fingerprint, name, finish)
-        finally:
-            ray.shutdown()
+    cfg = trial_threads(cfg)
+    return on_ray(cfg, address, storage,
+                  lambda: _run(cfg, variant, folds, storage, fingerprint, name, finish))
 
 
 def _run(cfg: Config, variant: str, folds: list[int], storage: Storage, fingerprint: str, name: str | None,

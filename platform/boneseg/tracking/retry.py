@@ -49,7 +49,7 @@ class RetryingClient:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-    def _call(self, name: str, *args, **kwargs):
+    def _call(self, name: str, /, *args, **kwargs):  # positional: a method may take `name=` itself
         where = self.uri or "the tracking URI"
 
         def tell(event: str, detail) -> None:

@@ -69,11 +69,16 @@ def log_pyfunc(client, run_id: str, model_dir: Path) -> tuple[str, str]:
                     os.link(f, staged / f.name)
                 except OSError:
                     (staged / f.name).write_bytes(f.read_bytes())
+        # created here, in the run's own experiment (MLflow's fluent path would use the active
+        # experiment, which a team server's user may only read)
+        run = client.get_run(run_id)
+        model = client.create_logged_model(run.info.experiment_id, name=NAME, source_run_id=run_id,
+                                           params=dict(run.data.params), model_type="boneseg-ensemble")
         with _use_tracking_uri(client.tracking_uri), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example was not provided")  # a CT: none
             info = Model.log(artifact_path=None, name=NAME, flavor=mlflow.pyfunc, run_id=run_id,
-                             loader_module=__name__, data_path=str(staged), signature=signature(),
-                             pip_requirements=requirements(),
+                             model_id=model.model_id, loader_module=__name__, data_path=str(staged),
+                             signature=signature(), pip_requirements=requirements(),
                              metadata={"boneseg": "fold-model ensemble; params.token required"})
     return info.model_uri, info.model_id
 
