@@ -12,15 +12,11 @@ import math
 from dataclasses import dataclass
 
 from boneseg.core.config import VARIANTS, Config
-from boneseg.core.data.dataset import SliceDataset
-from boneseg.core.engine.training import epoch_loader, epoch_metrics, fold_cases, train_epoch, validates
+from boneseg.core.engine.training import fold_cases, setup_fold, train_epoch, validates
 from boneseg.core.evaluation.validate import validate
-from boneseg.core.labelmap import LabelSpec
 from boneseg.core.layout import load_index
-from boneseg.core.networks.models import build_model
 from boneseg.core.networks.optim import Stepper
-from boneseg.core.networks.runtime import Runtime, seed_everything
-from boneseg.errors import DataError
+from boneseg.core.networks.runtime import Runtime
 
 
 def apply_setting(cfg: Config, setting: dict) -> Config:
@@ -46,22 +42,13 @@ class InnerFolds:
 
     def __init__(self, cfg: Config, variant: str, folds: list[int]):
         self.cfg, self.tc = cfg, cfg.train
-        self.classes, init = VARIANTS[variant].classes, VARIANTS[variant].init
+        self.classes = VARIANTS[variant].classes
         self.rt = Runtime.of(self.tc)
         self.index = load_index(cfg.data.slices_dir)
         self.folds = []
         for fold in folds:
             train_cases, val_cases, _ = fold_cases(cfg, fold)  # the test cases are not kept
-            seed_everything(self.tc.seed + fold)
-            model, _ = build_model(LabelSpec.of(self.classes).channels,
-                                   cfg.model.encoder_weights if init == "pretrained" else "none",
-                                   cfg.model.thigh_weights)
-            self.rt.place(model)
-            ds = SliceDataset(cfg.data.slices_dir, train_cases, self.classes, self.tc.targets)
-            if len(ds) == 0:
-                raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
-            loader, _ = epoch_loader(ds, self.tc, self.rt)
-            stepper = Stepper.build(model, self.tc, len(loader(0)), self.tc.epochs, self.rt)
+            model, _, loader, _, _, stepper = setup_fold(cfg, variant, fold, train_cases, self.rt)
             self.folds.append(_Fold(fold, model, stepper, loader, val_cases))
 
     def epoch(self, epoch: int) -> dict | None:
@@ -74,7 +61,7 @@ class InnerFolds:
         out = {}
         for f in self.folds:
             val, _, _ = validate(f.model, f.val_cases, self.cfg, self.classes, self.rt, self.index)
-            out[f"fold{f.fold}_bone_dice"] = epoch_metrics(val)["val_bone_dice"]
+            out[f"fold{f.fold}_bone_dice"] = val["bone_dice"]
         scores = [v for v in out.values() if not math.isnan(v)]
         out["val_bone_dice"] = sum(scores) / len(scores) if scores else float("nan")
         return out

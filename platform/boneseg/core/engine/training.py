@@ -188,6 +188,24 @@ def epoch_loader(ds: SliceDataset, tc: TrainConfig, rt: Runtime):
     return loader, on_device
 
 
+def setup_fold(cfg: Config, variant: str, fold: int, train_cases: list[str], rt: Runtime):
+    """(model, weights, loader, on_device, steps per epoch, stepper): one fold's seeded network with the
+    variant's initialisation, placed by `rt`, its epochs' batches and its optimiser and
+    schedule; what `fit` trains, and each inner fold of a search (`core.engine.search`)."""
+    tc, (classes, init) = cfg.train, (VARIANTS[variant].classes, VARIANTS[variant].init)
+    seed_everything(tc.seed + fold)
+    model, weights = build_model(LabelSpec.of(classes).channels,
+                                 cfg.model.encoder_weights if init == "pretrained" else "none",
+                                 cfg.model.thigh_weights)
+    rt.place(model)
+    ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
+    if len(ds) == 0:
+        raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
+    loader, on_device = epoch_loader(ds, tc, rt)
+    steps = len(loader(0))
+    return model, weights, loader, on_device, steps, Stepper.build(model, tc, steps, tc.epochs, rt)
+
+
 def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool) -> TrialResult:
     t_start = time.perf_counter()
     if variant not in VARIANTS:
@@ -199,17 +217,7 @@ def _fit(cfg: Config, variant: str, fold: int, out_dir, callbacks, resume: bool)
     index = load_index(cfg.data.slices_dir)
     rt = Runtime.of(tc)
     rss_scope = resources.start(rt.device)  # this trial's peaks, not the (reused) worker's
-    seed_everything(tc.seed + fold)
-    model, weights = build_model(LabelSpec.of(classes).channels,
-                                 cfg.model.encoder_weights if init == "pretrained" else "none",
-                                 cfg.model.thigh_weights)
-    rt.place(model)
-    ds = SliceDataset(cfg.data.slices_dir, train_cases, classes, tc.targets)
-    if len(ds) == 0:
-        raise DataError(f"fold {fold}: no training slices under {cfg.data.slices_dir}.")
-    loader, on_device = epoch_loader(ds, tc, rt)
-    steps = len(loader(0))
-    stepper = Stepper.build(model, tc, steps, tc.epochs, rt)
+    model, weights, loader, on_device, steps, stepper = setup_fold(cfg, variant, fold, train_cases, rt)
     fingerprint = trial_fingerprint(cfg, variant, fold)
     ckpt_path = out / "checkpoint.pt"
     history, start = maybe_resume(ckpt_path, fingerprint, model, stepper) if resume else ([], 0)
