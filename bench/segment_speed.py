@@ -25,13 +25,13 @@ import torch
 from boneseg.core.config import Config
 from boneseg.core.data.preprocess import stack_25d, window_planes
 from boneseg.core.imaging.nifti import Volume, save_volume
+from boneseg.core.inference.folder import segment_files
 from boneseg.core.inference.onnxrt import export_onnx, quantize_int8, sha256_of
 from boneseg.core.inference.predict import (
     ModelRequest,
     find_checkpoints,
     inference_setup,
     predict_slices,
-    segment_files,
 )
 from boneseg.core.networks.models import build_model
 

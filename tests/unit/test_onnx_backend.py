@@ -18,8 +18,9 @@ from boneseg.core.data.preprocess import stack_25d
 from boneseg.core.engine.export import calibration_batches, export_fold_models, int8_check
 from boneseg.core.engine.training import fit, fold_cases
 from boneseg.core.imaging.nifti import load_labels
+from boneseg.core.inference.folder import segment_files
 from boneseg.core.inference.onnxrt import OPSET, OnnxUnusable, OrtNet, quantize_int8, sha256_of
-from boneseg.core.inference.predict import ModelRequest, find_checkpoints, segment_files
+from boneseg.core.inference.predict import ModelRequest, find_checkpoints
 from boneseg.core.layout import SLICE_IMAGE
 from boneseg.errors import BonesegError, DataError
 

@@ -11,12 +11,12 @@ import torch
 from boneseg.core.config import Config
 from boneseg.core.data.preprocess import apply_window, resize_planes, stack_25d
 from boneseg.core.imaging.nifti import Volume, load_labels, save_volume
+from boneseg.core.inference.folder import segment_files
 from boneseg.core.inference.predict import (
     ModelRequest,
     ensemble_probabilities,
     find_checkpoints,
     load_fold_models,
-    segment_files,
     segment_volume,
 )
 from boneseg.core.labelmap import LABEL_FILE, label_description

@@ -91,6 +91,17 @@ class DataConfig(_Strict):
     max_voxels: int = Field(MAX_VOXELS, ge=1, description="the largest CT read (from its header, before its "
                             "data is decompressed)")
     synth: SynthConfig = SynthConfig()
+    workers: int | Literal["auto"] = Field(
+        "auto", description="local worker processes for the per-case stages (import, propose, labels, "
+                            "slices, segment, assist, report); auto: the cores, or this process alone for "
+                            "inputs under 64 MiB. Not a DVC parameter: the outputs do not depend on it")
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError(f"expected a count >= 1 or auto, got {v}")
+        return v
 
     @field_validator("image_size")
     @classmethod

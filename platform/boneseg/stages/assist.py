@@ -8,6 +8,7 @@ from pathlib import Path
 
 from boneseg.core.config import Config
 from boneseg.stages.common import add_model_options, checkpoints
+from boneseg.stages.pool import add_pool_options, case_pool
 
 
 def add_parser(sub) -> None:
@@ -16,6 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--input", help="a data/raw-style folder, a CT .nii/.nii.gz or a folder of them "
                                    "(default: data.raw_dir)")
     p.add_argument("--out", help="the proposals' folder (default: data.unet_proposals_dir)")
+    add_pool_options(p)
     p.set_defaults(func=main)
 
 
@@ -28,7 +30,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     input_pairs(inp, out)  # bad paths fail before any model is fetched
     req = ModelRequest(checkpoints(args.model, cfg), args.folds, args.device, ref=args.model,
                        backend=args.backend, precision=args.precision, postprocess=args.postprocess)
-    res = propose_cts(cfg, inp, out, req)
+    res = propose_cts(cfg, inp, out, req, case_pool(cfg, args.address))
     for r in res:
         print(f"assist: {r['output']}  {'x'.join(map(str, r['shape']))}  ({r['seconds']:.1f} s)")
     print(f"assist: {len(res)} U-Net proposals in {out}; hand one to an annotator with "

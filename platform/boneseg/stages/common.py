@@ -55,3 +55,4 @@ def checkpoints(ref: str, cfg: Config) -> list[Path]:
     from boneseg.tracking.runs import tracking_uri
 
     return resolve_model(ref, tracking_uri(cfg), cfg.tracking.registered_model or "boneseg")
+

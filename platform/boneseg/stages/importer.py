@@ -8,6 +8,7 @@ from pathlib import Path
 
 from boneseg.core.config import Config
 from boneseg.core.vocabulary import Cohort, Layout
+from boneseg.stages.pool import add_pool_options, case_pool
 
 
 def add_parser(sub) -> None:
@@ -25,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace a case whose source changed (its labels, cohort or layout)")
     p.add_argument("--id-map", help="the pseudonym map (default: <project>/.boneseg/import_idmap.json)")
+    add_pool_options(p)
     p.set_defaults(func=main)
 
 
@@ -36,7 +38,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     refuse_stage_output(out)
     options = ImportOptions(args.skip_invalid, args.force, cfg.data.max_voxels)
     res = import_cohort(Path(args.source), out, args.layout, args.cohort, options,
-                        Path(args.id_map) if args.id_map else None)
+                        Path(args.id_map) if args.id_map else None, case_pool(cfg, args.address))
     for line in res.skipped:
         print(f"import: skipped {line}")
     print(f"import: wrote {len(res.written)} cases under {out / args.cohort}, {len(res.unchanged)} already "

@@ -6,10 +6,12 @@ import argparse
 from pathlib import Path
 
 from boneseg.core.config import Config
+from boneseg.stages.pool import add_pool_options, case_pool
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report")
+    add_pool_options(p)
     p.set_defaults(func=main)
 
 
@@ -18,7 +20,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     from boneseg.stages.tables import source_table
     from boneseg.tracking.sweep_runs import log_report
 
-    rep = build_report(cfg)
+    rep = build_report(cfg, case_pool(cfg, args.address))
     run_id = rep["sweep"].get("sweep_run_id")
     logged = log_report(cfg, run_id, Path(cfg.report.out_dir))
     print(f"report: {cfg.report.out_dir}/index.html ({len(rep['figures'])} figures)"

@@ -14,6 +14,7 @@ from pathlib import Path
 from boneseg.core.config import Config
 from boneseg.errors import DataError
 from boneseg.stages.common import add_model_options, checkpoints
+from boneseg.stages.pool import add_pool_options, case_pool
 
 
 def dicom_input(inp: Path) -> bool:
@@ -66,11 +67,13 @@ def add_parser(sub) -> None:
     add_model_options(p, required=True)
     p.add_argument("--classes", default="all", choices=["all", "bone"], help="bone: keep bone (1) only")
     p.add_argument("--force", action="store_true", help="replace existing output files")
+    add_pool_options(p)
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace, cfg: Config) -> int:
-    from boneseg.core.inference.predict import ModelRequest, plan_outputs, segment_files
+    from boneseg.core.inference.folder import plan_outputs, segment_files
+    from boneseg.core.inference.predict import ModelRequest
 
     folds = args.folds
     inp, out = Path(args.input), Path(args.output)
@@ -95,7 +98,7 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     else:
         req = ModelRequest(files, folds, args.device, args.classes, backend=args.backend,
                            precision=args.precision, postprocess=args.postprocess)
-        res = segment_files(cfg, inp, out, req)
+        res = segment_files(cfg, inp, out, req, pool=case_pool(cfg, args.address))
     for r in res:
         print(f"segment: {r['output']}  {'x'.join(map(str, r['shape']))}  bone {r['bone_ml']} ml  "
               f"({r['seconds']:.1f} s)")

@@ -1,12 +1,16 @@
-"""Reaching Ray for the sweep's driver, without importing Ray: the token-authentication
-environment a driver needs to join a `ray start` cluster, and the one line that says why
-Ray could not be reached or started (docs/sweep.md#clusters-and-token-authentication)."""
+"""Reaching Ray for a driver (the sweep's, the search's, a data stage's): the
+token-authentication environment a driver needs to join a `ray start` cluster, `connect`
+(Ray imported there only), and the one line that says why Ray could not be reached or
+started (docs/sweep.md#clusters-and-token-authentication)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 from boneseg.core.redact import redact
+from boneseg.errors import ConfigError
 
 
 def auth_env_for(address: str | None) -> dict[str, str]:
@@ -27,3 +31,36 @@ def ray_start_error(exc: BaseException, address: str | None) -> str:
     return (f"{where}: {type(exc).__name__}: {redact(first)[:300]}. Check --address / RAY_ADDRESS and the "
             "cluster's token (RAY_AUTH_MODE=token with ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
             "RAY_AUTH_TOKEN; docs/sweep.md#clusters-and-token-authentication).")
+
+
+@contextlib.contextmanager
+def scoped_env(values: dict[str, str]):
+    """Environment variables that the user has not set, set for the block only."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def connect(address: str | None, dashboard: bool = False) -> str | None:
+    """`dashboard` (sweep.dashboard) starts Ray's dashboard with a local Ray, on 127.0.0.1
+    only (behind Ray's token authentication); a cluster's dashboard is the head node's
+    (`ray start --head --include-dashboard=true`), not the driver's to choose."""
+    import ray
+
+    # keep the driver's output readable: Ray's own logs go to its session folder
+    try:
+        ctx = ray.init(address=address, include_dashboard=dashboard if address is None else None,
+                       dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
+                       logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        raise ConfigError(ray_start_error(exc, address)) from None  # one line, no traceback
+    url = getattr(ctx, "dashboard_url", None)
+    if dashboard and address is None and url:
+        print(f"boneseg sweep: Ray dashboard on http://{url} (Ray's token: `ray get-auth-token`)",
+              file=sys.stderr)
+        return url
+    return None

@@ -42,6 +42,7 @@ from boneseg.core.imaging.nifti import (
     to_hu16,
 )
 from boneseg.core.io import atomic_write_text
+from boneseg.core.parallel import Pool, file_sizes
 from boneseg.core.vocabulary import Cohort, Layout, parse
 from boneseg.errors import DataError
 
@@ -60,30 +61,47 @@ def refuse_or_skip(case: SourceCase, exc: DataError, skip_invalid: bool) -> str:
 CT_GZIP_LEVEL = 1
 
 
-def stage_cases(cases, layout, staging: Path, skip_invalid: bool, max_voxels: int) -> tuple[list, list[str]]:
-    """Read and check each case once, writing the valid ones under staging/<n>/ (outside
-    the cohort folder and its case glob, so a refusal or a kill leaves the output as it was).
-    Returns ([(case, folder, content key)], skipped lines); a second copy of one CT is skipped."""
+def stage_case(case: SourceCase, layout: str, d: Path, max_voxels: int) -> tuple[str | None, str | None]:
+    """Read and check one case, writing it under staging folder `d` if valid (a
+    `core.parallel` case function). Returns (its content key, None) or (None, why it is invalid)."""
+    try:
+        image, labels = read_case(case, layout, max_voxels)
+    except DataError as exc:
+        return None, str(exc)
+    image = to_canonical(Volume(to_hu16(image.data), image.affine))
+    key = content_key(image)
+    save_volume(image, d / "ct.nii.gz", CT_GZIP_LEVEL)
+    del image
+    if labels is not None:
+        save_volume(to_canonical(labels), d / "truth.nii.gz")
+    return key, None
+
+
+def _source_bytes(case: SourceCase) -> int:
+    files = case.series.files if case.series is not None else [case.image]
+    return sum(file_sizes(files))
+
+
+def stage_cases(cases, layout, staging: Path, skip_invalid: bool, max_voxels: int,
+                pool: Pool | None = None) -> tuple[list, list[str]]:
+    """Read and check each case once (on `pool`), writing the valid ones under staging/<n>/
+    (outside the cohort folder and its case glob, so a refusal or a kill leaves the output
+    as it was). Returns ([(case, folder, content key)], skipped lines), in the sources'
+    order; a second copy of one CT is skipped."""
+    dirs = [staging / f"{n:05d}" for n in range(len(cases))]
+    got = (pool or Pool()).map(stage_case, [(c, layout, d, max_voxels) for c, d in zip(cases, dirs)],
+                               [case_name(c) for c in cases], "import", True,
+                               [_source_bytes(c) for c in cases])
     ok, skipped, seen = [], [], {}
-    for n, case in enumerate(cases):
-        try:
-            image, labels = read_case(case, layout, max_voxels)
-        except DataError as exc:
-            skipped.append(refuse_or_skip(case, exc, skip_invalid))
-            continue
-        image = Volume(to_hu16(image.data), image.affine)
-        image = to_canonical(image)
-        key = content_key(image)
-        if key in seen:
+    for case, d, (key, why) in zip(cases, dirs, got):
+        if why is not None:
+            skipped.append(refuse_or_skip(case, DataError(why), skip_invalid))
+        elif key in seen:
             skipped.append(f"{case_name(case)}: the same CT as {seen[key]}, imported once")
-            continue
-        seen[key] = case_name(case)
-        d = staging / f"{n:05d}"
-        save_volume(image, d / "ct.nii.gz", CT_GZIP_LEVEL)
-        del image
-        if labels is not None:
-            save_volume(to_canonical(labels), d / "truth.nii.gz")
-        ok.append((case, d, key))
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            seen[key] = case_name(case)
+            ok.append((case, d, key))
     return ok, skipped
 
 
@@ -154,9 +172,10 @@ class ImportOptions:
 
 
 def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = "abdomen",
-                  options: ImportOptions = ImportOptions(), id_map_path: Path | None = None) -> ImportResult:
-    """Read, check and stage every case, then move them into place (each read once), under
-    the output folder's lock. Returns the folders written, those already up to date, and
+                  options: ImportOptions = ImportOptions(), id_map_path: Path | None = None,
+                  pool: Pool | None = None) -> ImportResult:
+    """Read, check and stage every case (on `pool`), then move them into place (each read
+    once), under the output folder's lock. Returns the folders written, those already up to date, and
     the skipped reasons (for the terminal only: they name sources)."""
     source, out = Path(source), Path(out)
     layout = parse(Layout, layout, "layout")
@@ -180,7 +199,7 @@ def import_cohort(source: Path, out: Path, layout: str = "nifti", cohort: str = 
         existed = out.exists()
         try:
             staged, skipped = stage_cases(cases, layout, stage / "cases", options.skip_invalid,
-                                          options.max_voxels)
+                                          options.max_voxels, pool)
             taken = {p.name for p in out.glob("*/*") if p.is_dir()} if existed else set()
             ids = assign_ids([k for _, _, k in staged], id_map, taken)
             if ids != id_map:  # the map first: a case folder never exists without its map entry

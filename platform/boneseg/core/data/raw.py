@@ -19,6 +19,7 @@ from boneseg.core.data.importing import ImportOptions, import_cohort
 from boneseg.core.data.synth import synthesize
 from boneseg.core.io import atomic_dir
 from boneseg.core.layout import find_cases
+from boneseg.core.parallel import Pool
 from boneseg.errors import DataError
 
 
@@ -45,9 +46,9 @@ def _corrections(cfg: Config) -> list[str]:
     return sorted(p.name for p in d.glob("*.nii.gz")) if d.is_dir() else []
 
 
-def build_raw(cfg: Config, force: bool = False, progress: bool = True) -> dict:
-    """Write data.raw_dir whole; returns {"cases", "imported", "skipped" (lines naming sources:
-    for the terminal only), "source"}."""
+def build_raw(cfg: Config, force: bool = False, progress: bool = True, pool: Pool | None = None) -> dict:
+    """Write data.raw_dir whole (the sources' cases read on `pool`); returns {"cases", "imported",
+    "skipped" (lines naming sources: for the terminal only), "source"}."""
     out = Path(cfg.data.raw_dir)
     paths = check_sources(cfg)
     id_map = project.id_map_path(out)
@@ -61,7 +62,7 @@ def build_raw(cfg: Config, force: bool = False, progress: bool = True) -> dict:
             synthesize(cfg.data.synth, tmp, progress=progress)
         for src, path in zip(cfg.data.sources, paths):
             options = ImportOptions(src.skip_invalid, max_voxels=cfg.data.max_voxels)
-            res = import_cohort(path, tmp, src.layout, src.cohort, options, id_map_path=id_map)
+            res = import_cohort(path, tmp, src.layout, src.cohort, options, id_map_path=id_map, pool=pool)
             skipped += res.skipped
         if not any(tmp.glob("*/*/ct.nii.gz")):
             first = f"; the first: {skipped[0]}" if skipped else ""

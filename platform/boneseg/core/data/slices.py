@@ -7,7 +7,8 @@ one-hot; the soft training targets, see docs/training.md), z-first so one slice 
 neighbours) is one contiguous, memory-mappable read. data/slices/index.json records the
 window and size (the preprocessing that training and inference share) and each case's
 original grid. The 2.5-D stack is assembled when read (`preprocess.stack_25d`), not
-stored three times. Cases are processed one at a time: peak memory is one volume.
+stored three times. Each worker holds one case at a time: peak memory is one volume per worker
+(`core.parallel`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from boneseg.core.data.preprocess import resize_planes, resize_soft, window_plan
 from boneseg.core.imaging.nifti import load_ct, load_labels
 from boneseg.core.io import save_npy, write_json
 from boneseg.core.layout import SLICE_IMAGE, SLICE_INDEX, TARGET_FILES, find_cases, label_path
+from boneseg.core.parallel import Pool, file_sizes
 from boneseg.errors import DataError
 
 
@@ -47,19 +49,26 @@ def slice_case(case: dict, labels_dir: Path, size: int, window) -> dict:
     }
 
 
-def build_slices(cfg: Config, progress: bool = True) -> dict:
-    from tqdm import tqdm
+def write_case(case: dict, labels_dir: Path, size: int, window, out: Path) -> dict:
+    """One case's slices, written to data/slices/<case>/; returns its index entry (a
+    `core.parallel` case function: one volume in memory per worker)."""
+    res = slice_case(case, labels_dir, size, window)
+    save_npy(out / case["case"] / SLICE_IMAGE, res["image"])
+    save_npy(out / case["case"] / TARGET_FILES["hard"], res["label"])
+    save_npy(out / case["case"] / TARGET_FILES["soft"], res["soft"])
+    return res["info"]
 
+
+def build_slices(cfg: Config, progress: bool = True, pool: Pool | None = None) -> dict:
     out = Path(cfg.data.slices_dir)
     size, window = cfg.data.image_size, tuple(cfg.data.window)
     index = {"image_size": size, "window": list(window),
              "layout": "(Z, S, S) float16 image, uint8 label; (Z, 5, S, S) uint8 soft (fractions x255)",
              "cases": {}}
-    for case in tqdm(find_cases(cfg.data.raw_dir), desc="slices", unit="case", disable=not progress):
-        res = slice_case(case, Path(cfg.data.labels_dir), size, window)  # one case in memory at a time
-        save_npy(out / case["case"] / SLICE_IMAGE, res["image"])
-        save_npy(out / case["case"] / TARGET_FILES["hard"], res["label"])
-        save_npy(out / case["case"] / TARGET_FILES["soft"], res["soft"])
-        index["cases"][case["case"]] = res["info"]
+    cases = find_cases(cfg.data.raw_dir)
+    items = [(c, Path(cfg.data.labels_dir), size, window, out) for c in cases]
+    infos = (pool or Pool()).map(write_case, items, [c["case"] for c in cases], "slices", progress,
+                                 file_sizes(c["ct"] for c in cases))
+    index["cases"] = {c["case"]: info for c, info in zip(cases, infos)}
     write_json(out / SLICE_INDEX, index)
     return index

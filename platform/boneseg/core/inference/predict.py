@@ -20,11 +20,10 @@ import torch
 
 from boneseg.core.config import Config
 from boneseg.core.data.preprocess import resize_back, stack_25d, window_planes
-from boneseg.core.imaging.nifti import Volume, is_nifti_name, load_ct, save_volume
+from boneseg.core.imaging.nifti import Volume
 from boneseg.core.inference.onnxrt import OrtNet
 from boneseg.core.inference.postprocess import apply_rule
-from boneseg.core.io import atomic_write_text
-from boneseg.core.labelmap import BONE, LABEL_FILE, LabelSpec, label_description
+from boneseg.core.labelmap import BONE, LabelSpec
 from boneseg.core.networks.models import build_model
 from boneseg.core.networks.runtime import Runtime
 from boneseg.errors import DataError
@@ -211,27 +210,6 @@ def bone_ml(labels: np.ndarray, spacing) -> float:
     return round(int((labels == 1).sum()) * float(np.prod(spacing)) / 1000.0, 2)
 
 
-def plan_outputs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs: FILE -> FILE (or into a folder), DIR -> DIR by file name."""
-    if inp.is_dir():
-        files = sorted(p for p in inp.iterdir() if p.is_file() and is_nifti_name(p))
-        if not files:
-            raise DataError(f"{inp}: no .nii/.nii.gz files in this folder.")
-        if is_nifti_name(out):
-            raise DataError(f"{out}: a folder input needs a folder output.")
-        pairs = [(p, out / p.name) for p in files]
-    elif inp.is_file():
-        if not is_nifti_name(inp):
-            raise DataError(f"{inp}: expected a .nii or .nii.gz file.")
-        pairs = [(inp, out if is_nifti_name(out) else out / inp.name)]
-    else:
-        raise DataError(f"{inp}: not found. Give a CT .nii/.nii.gz file or a folder of them.")
-    for src, dst in pairs:
-        if dst.resolve() == src.resolve():
-            raise DataError(f"{dst}: would overwrite its input CT. Choose another output path.")
-    return pairs
-
-
 @dataclass
 class Setup:
     """A `segment` run's settings, runtime, fold models and postprocessing rule."""
@@ -247,7 +225,9 @@ def inference_setup(cfg: Config, req: ModelRequest) -> Setup:
     postprocessing rule their manifest carries (unless turned off)."""
     from boneseg.core.inference.backend import choose, postprocess_rule
 
-    tc = cfg.train.model_copy(update={"device": req.device, "eval_batch_size": cfg.infer.batch_size})
+    # threads: as set, else this process's (a worker's share of the cores, `core.parallel`)
+    tc = cfg.train.model_copy(update={"device": req.device, "eval_batch_size": cfg.infer.batch_size,
+                                      "threads": cfg.train.threads or torch.get_num_threads()})
     rt = Runtime.of(tc, training=False)
     nets = choose(req.checkpoints, req.backend or cfg.infer.backend, req.precision or cfg.infer.precision,
                   rt.device.type, tc.threads)
@@ -259,29 +239,3 @@ def result_row(dst: Path, labels: np.ndarray, ct: Volume, t0: float) -> dict:
     """What a segmentation reports: the file, the grid, the seconds it took, the bone volume."""
     return {"output": str(dst), "shape": list(ct.shape), "seconds": time.perf_counter() - t0,
             "bone_ml": bone_ml(labels, ct.spacing)}
-
-
-def segment_files(cfg: Config, inp: Path, out: Path, req: ModelRequest, progress: bool = True) -> list[dict]:
-    """Segment a CT file or folder with the requested fold models (ensembled)."""
-    return segment_pairs(cfg, plan_outputs(Path(inp), Path(out)), req, progress)
-
-
-def segment_pairs(cfg: Config, pairs: list[tuple[Path, Path]], req: ModelRequest,
-                  progress: bool = True) -> list[dict]:
-    """(CT, output) pairs -> label maps (one atomic file each) and the label description
-    file in every output folder."""
-    from tqdm import tqdm
-
-    s = inference_setup(cfg, req)
-    results = []
-    for src, dst in pairs:
-        t0 = time.perf_counter()
-        ct = load_ct(src)
-        with tqdm(total=len(s.models), desc=dst.name, unit="model", disable=not progress, leave=False) as bar:
-            labels = segment_volume(s.models, ct, s.rt, req.classes, s.tc.eval_batch_size, bar, s.rule)
-        save_volume(Volume(labels, ct.affine), dst)
-        results.append(result_row(dst, labels, ct, t0))
-    ids = output_ids(s.models, req.classes)
-    for folder in {dst.parent for _, dst in pairs}:
-        atomic_write_text(folder / LABEL_FILE, label_description(ids))
-    return results

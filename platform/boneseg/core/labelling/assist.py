@@ -27,6 +27,7 @@ from boneseg.core.io import write_json
 from boneseg.core.labelling.effort import proposal_qa
 from boneseg.core.labelling.labels import source_totals
 from boneseg.core.layout import PREDICTIONS, find_cases, load_qa, load_splits
+from boneseg.core.parallel import Pool, file_sizes
 from boneseg.errors import DataError
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ MANIFEST = "proposals.json"
 def input_pairs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     """(CT, proposal) pairs: a data/raw-style folder by case id (not the thigh cohort, whose
     labels are the threshold masks), else NIfTI files as `boneseg segment` takes them."""
-    from boneseg.core.inference.predict import plan_outputs
+    from boneseg.core.inference.folder import plan_outputs
 
     if inp.is_dir() and any(inp.glob("*/*/ct.nii.gz")):
         pairs = [(c["ct"], out / f"{c['case']}.nii.gz") for c in find_cases(inp) if c["cohort"] != "thigh"]
@@ -50,15 +51,16 @@ def input_pairs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     return plan_outputs(inp, out)
 
 
-def propose_cts(cfg: Config, inp: Path, out: Path | None, req: ModelRequest) -> list[dict]:
-    """Propose every CT of `inp` with the fold models (ensembled); each map is written
+def propose_cts(cfg: Config, inp: Path, out: Path | None, req: ModelRequest,
+                pool: Pool | None = None) -> list[dict]:
+    """Propose every CT of `inp` with the fold models (ensembled, the CTs on `pool`); each map is written
     atomically, and out/proposals.json records which model proposed which case."""
     import json
 
-    from boneseg.core.inference.predict import segment_pairs
+    from boneseg.core.inference.folder import segment_pairs
 
     out = Path(out or cfg.data.unet_proposals_dir)
-    res = segment_pairs(cfg, input_pairs(Path(inp), out), replace(req, classes="all"))
+    res = segment_pairs(cfg, input_pairs(Path(inp), out), replace(req, classes="all"), pool=pool)
     path = out / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     for r in res:
@@ -87,9 +89,9 @@ def oof_maps(trials_dir: Path, splits: dict, variant: str) -> dict[str, Path]:
     return {c: p for c, p in sorted(maps.items()) if p.is_file()}
 
 
-def oof_sources(cfg: Config, metrics: dict) -> dict:
+def oof_sources(cfg: Config, metrics: dict, pool: Pool | None = None) -> dict:
     """-> {"variants": {source: variant}, "cases": {case: {source: proposal_qa}}} over the
-    abdominal cases that have a truth; a sweep without predictions gives no cases."""
+    abdominal cases that have a truth (scored on `pool`); a sweep without predictions gives no cases."""
     splits = load_splits(cfg.data.splits_file)
     truths = {c["case"]: c["truth"] for c in find_cases(cfg.data.raw_dir)
               if c["truth"] and c["cohort"] != "thigh"}
@@ -100,21 +102,27 @@ def oof_sources(cfg: Config, metrics: dict) -> dict:
         maps[source] = oof_maps(Path(cfg.sweep.trials_dir), splits, variant) if variant else {}
         if maps[source]:
             out["variants"][source] = variant
-    for case, truth_path in truths.items():  # each truth read once, for every source that has the case
-        have = {s: m[case] for s, m in maps.items() if case in m}
-        if have:
-            truth = load_labels(truth_path)
-            out["cases"][case] = {s: proposal_qa(load_labels(p, truth, truth_path).data, truth.data)
-                                  for s, p in have.items()}  # each map on the CT's grid, or refused
+    have = {case: {s: m[case] for s, m in maps.items() if case in m} for case in truths}
+    cases = [case for case in truths if have[case]]
+    scores = (pool or Pool()).map(score_case, [(truths[c], have[c]) for c in cases], cases, "report", False,
+                                  file_sizes(truths[c] for c in cases))
+    out["cases"] = dict(zip(cases, scores))
     return out
 
 
+def score_case(truth_path: Path, maps: dict[str, Path]) -> dict:
+    """{source: proposal_qa} of one case's maps against its truth, read once (a
+    `core.parallel` case function); each map on the CT's grid, or refused."""
+    truth = load_labels(truth_path)
+    return {s: proposal_qa(load_labels(p, truth, truth_path).data, truth.data) for s, p in maps.items()}
+
+
 # ---------------------------------------------------------------- the report's effort section
-def labelling_effort(cfg: Config, metrics: dict) -> dict:
+def labelling_effort(cfg: Config, metrics: dict, pool: Pool | None = None) -> dict:
     """The labels QA's sources per abdominal case (data/labels/qa.json) beside the U-Net's
     out-of-fold proposals (`core.labelling.assist`): per case and totalled per source."""
     qa = [r for r in (load_qa(cfg.data.labels_dir) or {}).get("cases", []) if r.get("sources")]
-    oof = oof_sources(cfg, metrics)
+    oof = oof_sources(cfg, metrics, pool)
     cases = {r["case"]: {**r["sources"], **oof["cases"].get(r["case"], {})} for r in qa}
     return {"totals": source_totals([{"sources": q} for q in cases.values()]), "cases": cases,
             "unet_variants": oof["variants"]}

@@ -28,6 +28,7 @@ from boneseg.core.imaging.nifti import Volume, load_ct, load_labels, save_volume
 from boneseg.core.io import write_json
 from boneseg.core.labelling.effort import effort, proposal_qa
 from boneseg.core.layout import PROPOSE_SUMMARY, QA_FILE, correction_path, find_cases, label_path
+from boneseg.core.parallel import Pool, file_sizes
 from boneseg.core.vocabulary import Cohort, parse
 from boneseg.errors import DataError
 
@@ -172,16 +173,23 @@ def source_totals(rows: list[dict]) -> dict:
     return out
 
 
-def derive_labels(cfg: Config, progress: bool = True) -> dict:
-    """Write data/labels/<case>.nii.gz for every case and data/labels/qa.json; return the QA."""
-    from tqdm import tqdm
+def label_case(case: dict, corrections_dir: Path, cfg: LabelsConfig, proposals_dir: Path | None,
+               out: Path) -> dict:
+    """One case's label map, written to data/labels/<case>.nii.gz; returns its QA row
+    (a `core.parallel` case function)."""
+    vol, qa = derive_case(case, corrections_dir, cfg, proposals_dir)
+    save_volume(vol, label_path(out, case["case"]))
+    return qa
 
+
+def derive_labels(cfg: Config, progress: bool = True, pool: Pool | None = None) -> dict:
+    """Write data/labels/<case>.nii.gz for every case (on `pool`) and data/labels/qa.json;
+    return the QA."""
     out = Path(cfg.data.labels_dir)
-    rows = []
-    for case in tqdm(find_cases(cfg.data.raw_dir), desc="labels", unit="case", disable=not progress):
-        vol, qa = derive_case(case, Path(cfg.data.corrections_dir), cfg.labels, Path(cfg.data.proposals_dir))
-        save_volume(vol, label_path(out, case["case"]))
-        rows.append(qa)
+    cases = find_cases(cfg.data.raw_dir)
+    args = (Path(cfg.data.corrections_dir), cfg.labels, Path(cfg.data.proposals_dir), out)
+    rows = (pool or Pool()).map(label_case, [(c, *args) for c in cases], [c["case"] for c in cases],
+                                "labels", progress, file_sizes(c["ct"] for c in cases))
     report = {"threshold_hu": cfg.labels.threshold_hu.model_dump(), "total": summarise(rows), "cases": rows}
     write_json(out / QA_FILE, report)
     return report

@@ -36,8 +36,10 @@ from boneseg.core.networks.optim import Stepper
 from boneseg.core.networks.runtime import (
     Runtime,
     place_model,
+    resolve_device,
     seed_everything,
 )
+from boneseg.core.parallel import Pool, file_sizes
 from boneseg.errors import DataError
 
 SUMMARY = PROPOSE_SUMMARY
@@ -125,10 +127,38 @@ def train_vnet(cfg: Config, train, rt: Runtime):
     return model, losses
 
 
-def propose(cfg: Config, progress: bool = True) -> dict:
+def peak_rss_gib() -> float:
+    """The peak resident memory of this process or of its largest worker, in GiB."""
+    kib = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return round(kib / 2**20, 2)
+
+
+_MODELS: dict[str, torch.nn.Module] = {}  # a worker's V-Net, read once per weights file
+WEIGHTS = ".vnet.safetensors"
+
+
+def propose_case(case: dict, weights: Path, cfg: Config, out: Path) -> float:
+    """One abdominal CT's proposal, out/<case>.nii.gz, from the V-Net's weights file (a
+    `core.parallel` case function); returns its seconds."""
+    from safetensors.torch import load_file
+
+    t0 = time.perf_counter()
+    rt = Runtime.on(resolve_device(cfg.train), cfg.train)  # the worker's threads as its pool set them
+    if str(weights) not in _MODELS:
+        _MODELS.clear()
+        model = place_model(build_vnet(cfg.propose.dropout), rt.device, False)
+        model.load_state_dict(load_file(str(weights), device=str(rt.device)))
+        _MODELS[str(weights)] = model
+    ct = load_ct(case["ct"])
+    mask = predict(_MODELS[str(weights)], ct, cfg, rt)
+    (out / f"{case['case']}.nii.gz").write_bytes(to_nifti_bytes(mask.astype(np.uint8), ct.affine, gz=True))
+    return round(time.perf_counter() - t0, 2)
+
+
+def propose(cfg: Config, progress: bool = True, pool: Pool | None = None) -> dict:
     """Train the V-Net on the thigh cohort, write data/proposals/<case>.nii.gz for every
-    abdominal CT and data/proposals/propose.json; returns that summary."""
-    from tqdm import tqdm
+    abdominal CT (on `pool`) and data/proposals/propose.json; returns that summary."""
+    from safetensors.torch import save_file
 
     pc = cfg.propose
     cases = find_cases(cfg.data.raw_dir)
@@ -155,15 +185,21 @@ def propose(cfg: Config, progress: bool = True) -> dict:
         ct = load_ct(c["ct"])
         val_dice[c["case"]] = dice(predict(model, ct, cfg, rt),
                                    bone_proposals(ct, "thigh", cfg.labels)["filled"])
-    infer_s = {}
     with atomic_dir(cfg.data.proposals_dir) as tmp:
-        for c in tqdm(abdomen, desc="propose", unit="CT", disable=not progress):
-            t1 = time.perf_counter()
-            ct = load_ct(c["ct"])
-            mask = predict(model, ct, cfg, rt)
-            payload = to_nifti_bytes(mask.astype(np.uint8), ct.affine, gz=True)
-            (Path(tmp) / f"{c['case']}.nii.gz").write_bytes(payload)
-            infer_s[c["case"]] = round(time.perf_counter() - t1, 2)
+        # the abdominal CTs on `pool`: the weights reach the workers as a file in the output's
+        # temporary folder (on the shared filesystem for Ray tasks), deleted before it is committed
+        weights = Path(tmp) / WEIGHTS
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+        if rt.device.type == "cuda":  # one GPU: the cases in this process, one after another
+            pool = Pool()
+        try:
+            secs = (pool or Pool()).map(propose_case, [(c, weights, cfg, Path(tmp)) for c in abdomen],
+                                        [c["case"] for c in abdomen], "propose", progress,
+                                        file_sizes(c["ct"] for c in abdomen))
+        finally:
+            weights.unlink(missing_ok=True)
+            _MODELS.clear()
+        infer_s = {c["case"]: s for c, s in zip(abdomen, secs)}
         summary = {
             "train_cases": len(train), "val_cases": len(val), "steps": pc.steps, "crop": list(pc.crop),
             "spacing_mm": list(pc.spacing_mm),
@@ -172,7 +208,7 @@ def propose(cfg: Config, progress: bool = True) -> dict:
             "val_dice_mean": round(float(np.nanmean(list(val_dice.values()))), 4),
             "train_s": round(train_s, 1), "infer_s": infer_s,
             "infer_s_mean": round(float(np.mean(list(infer_s.values()))), 2) if infer_s else None,
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "peak_rss_gib": peak_rss_gib(),
         }
         (Path(tmp) / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     return summary

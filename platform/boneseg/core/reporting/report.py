@@ -31,6 +31,7 @@ from boneseg.core.io import atomic_dir
 from boneseg.core.labelling.assist import effort_html, labelling_effort
 from boneseg.core.labelmap import BONE
 from boneseg.core.layout import PREDICTIONS, find_cases, label_path
+from boneseg.core.parallel import Pool
 from boneseg.core.reporting.backends import model_html, model_summary
 from boneseg.core.reporting.figures import pyplot
 from boneseg.errors import DataError
@@ -252,13 +253,13 @@ is proposed by the fold model that did not train on it.</p>
 
 
 # ---------------------------------------------------------------- the report
-def build_report(cfg: Config) -> dict:
+def build_report(cfg: Config, pool: Pool | None = None) -> dict:
     res = load_results(cfg)
     if not res["variants"]:
         raise DataError(f"{cfg.sweep.metrics_file}: no variant scores. The sweep finished no variant.")
     stats = statistics(res["rows"], res["variants"], cfg.report.bootstrap, cfg.report.seed)
     overlays = overlay_cases(cfg, res)
-    effort = labelling_effort(cfg, res["metrics"])
+    effort = labelling_effort(cfg, res["metrics"], pool)  # the per-case scoring on `pool`
     way_out = model_summary(cfg.sweep.model_dir)  # postprocessing and backends, from boneseg.json
     with atomic_dir(cfg.report.out_dir) as out:
         figures = ["fig_folds.png", "fig_curves.png"]
