@@ -1,5 +1,6 @@
 """The sweep with real Ray (local, and a two-node cluster on 127.0.0.1) and real MLflow
 (sqlite file, and an `mlflow server` process); faults are injected, nothing is mocked."""
+import argparse
 import html
 import json
 import os
@@ -240,7 +241,7 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
         assert np.array_equal(a, np.asarray(outs["torch"].dataobj))
     assert (tmp_path / "seg" / "registry" / "itksnap_labels.txt").is_file()
 
-    assert report_main(None, cfg) == 0
+    assert report_main(argparse.Namespace(address=None), cfg) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     for variant in cfg.sweep.variants:
         assert f"{metrics[variant]['bone_dice_mean']:.4f}" in page
@@ -492,6 +493,23 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tiny_pipeline, tmp_path):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         _, runs = check_tree(cfg.tracking.uri, ["multi-random"], 2)
         assert len({f.data.tags["ray_node_id"] for f in runs["fold"]}) == 2
+
+        # the data stages' cases as Ray tasks on both nodes (the project on a shared filesystem:
+        # here both nodes see tmp_path), byte-identical to the local run's outputs
+        data = cfg.data.model_copy(update={"labels_dir": str(tmp_path / "labels"),
+                                           "slices_dir": str(tmp_path / "slices")})
+        params.write_text(to_yaml(cfg.model_copy(update={"data": data})))
+        address = f"127.0.0.1:{port}"
+        for cmd, extra in ((["labels"], {"RAY_ADDRESS": address}), (["slices", "--address", address], {})):
+            r = subprocess.run(boneseg_cmd(params, *cmd), cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300, env={**env, **extra})
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            assert "(Ray tasks on 2 nodes) ->" in r.stdout, r.stdout
+        for ours, local in ((data.labels_dir, tiny_pipeline.data.labels_dir),
+                            (data.slices_dir, tiny_pipeline.data.slices_dir)):
+            files = sorted(p.relative_to(local) for p in Path(local).rglob("*") if p.is_file())
+            assert files == sorted(p.relative_to(ours) for p in Path(ours).rglob("*") if p.is_file())
+            assert all((Path(ours) / f).read_bytes() == (Path(local) / f).read_bytes() for f in files)
     finally:
         stop_processes_under(tmp_ray)
 

@@ -33,6 +33,8 @@ CASES = [
     (["labels", "--set", "labels.threshold_hu=high"], "labels.threshold_hu"),
     (["splits", "--set", "splits.folds=1"], "splits.folds"),
     (["slices", "--set", "data.image_size=100"], "data.image_size"),
+    (["slices", "--set", "data.workers=0"], "data.workers"),
+    (["labels", "--set", "data.workers=many"], "data.workers"),
     (["pretrain", "--set", "pretrain=none"], "pretrain"),
     (["train", "--variant", "multi-random", "--fold", "x"], "--fold"),
     (["train", "--variant", "triple-random"], "--variant"),

@@ -6,7 +6,7 @@ import torch
 from boneseg.core.data.dataset import SliceDataset, make_loader
 from boneseg.core.data.device_data import DeviceSlices, use_device_data
 from boneseg.core.engine.augment import prepare_batch
-from boneseg.core.engine.training import train_epoch
+from boneseg.core.engine.training import fit, train_epoch
 from boneseg.core.layout import load_splits
 from boneseg.core.networks.models import build_model
 from boneseg.core.networks.optim import Stepper
@@ -100,3 +100,30 @@ def test_auto_is_off_on_cpu_and_explicit_settings_win(tiny_pipeline):
     assert use_device_data("auto", ds, CPU) is False
     assert use_device_data(True, ds, CPU) is True and use_device_data(False, ds, CPU) is False
     assert DeviceSlices.bytes_needed(ds) > 0
+
+
+def test_auto_streams_from_the_slice_store_when_a_small_budget_is_exceeded_and_trains_the_same(
+        tiny_pipeline, tmp_path):
+    """train.data_memory_gib: slices that fit the budget go on the device; with a budget
+    below their size the trial streams them from the memory-mapped store instead, and
+    trains the very same weights (so a cohort larger than memory trains as a small one does)."""
+    need = DeviceSlices.bytes_needed(SliceDataset(tiny_pipeline.data.slices_dir, train_cases(tiny_pipeline)))
+    seen, results = {}, {}
+
+    class Spy:
+        def __init__(self, name):
+            self.name = name
+
+        def on_start(self, info):
+            seen[self.name] = info.data_on_device
+
+    for name, budget in (("fits", 2 * need / 2**30), ("streams", need / 4 / 2**30)):
+        train = tiny_pipeline.train.model_copy(update={"epochs": 1, "data_memory_gib": budget})
+        cfg = tiny_pipeline.model_copy(update={"train": train})
+        results[name] = fit(cfg, "multi-random", 0, out_dir=tmp_path / name, callbacks=[Spy(name)])
+    assert seen == {"fits": True, "streams": False}
+    assert results["fits"].history[0]["train_loss"] == results["streams"].history[0]["train_loss"]
+    wa = torch.load(tmp_path / "fits" / "model.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "streams" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert results["fits"].bone_dice == results["streams"].bone_dice

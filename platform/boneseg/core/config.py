@@ -184,6 +184,9 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     data_on_device: bool | Literal["auto"] = Field(
         "auto", description="training slices on the device, batches gathered there (auto: CUDA, if they fit)")
+    data_memory_gib: float | None = Field(
+        None, gt=0, description="auto's budget for the training slices on the device, in GiB (any device); "
+                                "null: half of CUDA's free memory, and streaming on a CPU")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
@@ -405,7 +408,8 @@ class TuneSettings(_Strict):
 # searchable: train.* hyperparameters; not what fixes the budget, the data or the machine
 SEARCHABLE = ("train.",)
 NOT_SEARCHABLE = {"train.epochs", "train.val_every", "train.seed", "train.device", "train.threads",
-                  "train.num_workers", "train.out_dir", "train.eval_batch_size", "train.data_on_device"}
+                  "train.num_workers", "train.out_dir", "train.eval_batch_size", "train.data_on_device",
+                  "train.data_memory_gib"}
 
 
 class Config(_Strict):

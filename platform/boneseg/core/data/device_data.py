@@ -128,12 +128,18 @@ class EpochBatches:
             yield d.gather(self.order[i:i + b], out=buf, y_out=ybuf)
 
 
-def use_device_data(setting, ds: SliceDataset, device: torch.device) -> bool:
-    """train.data_on_device: true / false as given; auto: on CUDA when the slices take at
-    most FIT_MARGIN of the free device memory, off on CPU (the DataLoader path)."""
+def use_device_data(setting, ds: SliceDataset, device: torch.device, budget_gib: float | None = None) -> bool:
+    """train.data_on_device: true / false as given; auto: on the device when the slices fit
+    its budget, else streamed from the memory-mapped slice store (the DataLoader path: the
+    same batches, `DeviceSlices.batches`). The budget is `budget_gib` (train.data_memory_gib)
+    where set, on any device; else FIT_MARGIN of CUDA's free memory, and on a CPU none (the
+    DataLoader path: the step, not the data, bounds a CPU run)."""
     if setting in (True, False):
         return bool(setting)
+    need = DeviceSlices.bytes_needed(ds)
+    if budget_gib is not None:
+        return need <= budget_gib * 2**30
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    return DeviceSlices.bytes_needed(ds) <= FIT_MARGIN * free
+    return need <= FIT_MARGIN * free

@@ -76,7 +76,8 @@ def trial_fingerprint(cfg: Config, variant: str, fold: int) -> str:
     keys = {
         "variant": variant,
         "fold": fold,
-        "train": cfg.train.model_dump(exclude={"out_dir", "num_workers", "device", "data_on_device"}),
+        "train": cfg.train.model_dump(exclude={"out_dir", "num_workers", "device", "data_on_device",
+                                                "data_memory_gib"}),
         "model": cfg.model.model_dump(),
         "data": {"image_size": cfg.data.image_size, "window": cfg.data.window},
     }
@@ -177,7 +178,7 @@ def fit(cfg: Config, variant: str, fold: int, out_dir: str | Path | None = None,
 def epoch_loader(ds: SliceDataset, tc: TrainConfig, rt: Runtime):
     """(epoch -> that epoch's batches, whether they come from the device): the same batches
     either way (core/data/device_data.py)."""
-    on_device = use_device_data(tc.data_on_device, ds, rt.device)
+    on_device = use_device_data(tc.data_on_device, ds, rt.device, tc.data_memory_gib)
     slices = DeviceSlices.from_dataset(ds, rt.device, rt.channels_last) if on_device else None
 
     def loader(epoch: int):
