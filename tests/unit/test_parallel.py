@@ -1,6 +1,7 @@
 """The per-case stages on local worker processes (`core.parallel`): byte-identical outputs to
-a serial run, each worker's share of the cores, a failure that names its case and leaves
-no index, and `data.workers: auto` keeping small inputs in this process."""
+a serial run (and the report's per-case scores equal to it), each worker's share of the
+cores, a failure that names its case and leaves no index, and `data.workers: auto`
+keeping small inputs in this process."""
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from boneseg.core.data.importing import import_cohort
 from boneseg.core.data.slices import build_slices
 from boneseg.core.inference.folder import segment_files
 from boneseg.core.inference.predict import ModelRequest, find_checkpoints
+from boneseg.core.labelling.assist import score_case
 from boneseg.core.labelling.labels import derive_labels
 from boneseg.core.labelling.vnet import WEIGHTS, build_vnet, propose_case
 from boneseg.core.layout import SLICE_INDEX, find_cases
@@ -41,6 +43,10 @@ def test_labels_slices_and_import_on_two_workers_are_byte_identical_to_serial(ti
     assert files_of(tmp_path / "labels") == files_of(Path(tiny_pipeline.data.labels_dir))
     build_slices(cfg, progress=False, pool=Pool(2))
     assert files_of(tmp_path / "slices") == files_of(Path(tiny_pipeline.data.slices_dir))
+    truths = [c for c in find_cases(cfg.data.raw_dir) if c["truth"]]
+    jobs = [(c["truth"], {"labels": tmp_path / "labels" / f"{c['case']}.nii.gz"}) for c in truths]
+    scores = {n: Pool(n).map(score_case, jobs, [c["case"] for c in truths], "report", False) for n in (1, 2)}
+    assert len(truths) > 1 and scores[1] == scores[2]  # the report's per-case scoring
 
     src = tmp_path / "src" / "images"
     src.mkdir(parents=True)
