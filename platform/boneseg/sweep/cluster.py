@@ -45,6 +45,39 @@ def scoped_env(values: dict[str, str]):
             os.environ.pop(k, None)
 
 
+# Ray gives a new local node a fixed 30 s to register its raylet, which a machine busy with
+# other work can miss; such a start is cleaned up and tried again
+STARTUP_TIMEOUT = "timed out during startup"
+START_TRIES = 3
+
+
+def _descendants() -> set[int]:
+    """This process's descendants (from /proc; none where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    for d in proc.iterdir() if proc.is_dir() else ():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _kill(pids: set[int]) -> None:
+    import signal
+
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def connect(address: str | None, dashboard: bool = False) -> str | None:
     """`dashboard` (sweep.dashboard) starts Ray's dashboard with a local Ray, on 127.0.0.1
     only (behind Ray's token authentication); a cluster's dashboard is the head node's
@@ -52,12 +85,25 @@ def connect(address: str | None, dashboard: bool = False) -> str | None:
     import ray
 
     # keep the driver's output readable: Ray's own logs go to its session folder
-    try:
-        ctx = ray.init(address=address, include_dashboard=dashboard if address is None else None,
-                       dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
-                       logging_level="WARNING")
-    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
-        raise ConfigError(ray_start_error(exc, address)) from None  # one line, no traceback
+    kwargs = dict(address=address, include_dashboard=dashboard if address is None else None,
+                  dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=True,
+                  logging_level="WARNING")
+    for attempt in range(1, START_TRIES + 1):
+        before = _descendants()
+        try:
+            ctx = ray.init(**kwargs)
+            break
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+            raise ConfigError(ray_start_error(exc, address)) from None  # one line, no traceback
+        except Exception as exc:
+            if address is not None or STARTUP_TIMEOUT not in str(exc):
+                raise
+            _kill(_descendants() - before)  # the half-started node's GCS, raylet and reaper
+            if attempt == START_TRIES:
+                raise ConfigError(ray_start_error(exc, address) + " (a busy machine: free some cores and "
+                                  "run again)") from None
+            print(f"boneseg: a local Ray did not start within Ray's 30 s (a busy machine?); trying again "
+                  f"({attempt}/{START_TRIES - 1})", file=sys.stderr)
     url = getattr(ctx, "dashboard_url", None)
     if dashboard and address is None and url:
         print(f"boneseg sweep: Ray dashboard on http://{url} (Ray's token: `ray get-auth-token`)",
