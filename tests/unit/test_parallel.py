@@ -103,6 +103,27 @@ def worker_threads(_: int) -> int:
     return torch.get_num_threads()
 
 
+def meet(folder: str, _: int) -> int:
+    """A case that waits (up to 120 s) until two processes have each taken one."""
+    import os
+    import time
+
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(folder).iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.getpid()
+
+
+def test_two_workers_are_this_process_and_a_child_taking_cases_from_one_queue(tmp_path):
+    """The parent takes cases while its child starts, so its start-up costs the stage little."""
+    import os
+
+    pids = Pool(2).map(meet, [(str(tmp_path), i) for i in range(4)], list("abcd"), "t", False)
+    assert os.getpid() in pids and len(set(pids)) == 2
+    assert len(list(tmp_path.iterdir())) == 2
+
+
 def test_each_worker_gets_its_share_of_the_cores_and_auto_keeps_small_inputs_here():
     pool = Pool(2)
     assert pool.map(worker_threads, [(0,), (1,)], ["a", "b"], "t", False) == [max(1, cores() // 2)] * 2

@@ -7,13 +7,17 @@ what travels between processes is paths and summaries, never volumes. Results co
 back in the order of the cases, whatever order they finish in, so everything a stage
 writes from them is byte-identical to a serial run. The first failure stops the stage
 and names its case; nothing the stage writes after the loop (an index, a QA file)
-appears. Each local worker gets cores // workers torch threads, so workers x threads
-never oversubscribes the cores.
+appears. `data.workers: 2` is this process and one child, both taking cases from one
+queue, so the child's start-up (seconds: an interpreter importing the stage's modules)
+overlaps this process's first cases. Each of them gets cores // workers torch threads,
+so workers x threads never oversubscribes the cores.
 """
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from boneseg.errors import BonesegError, DataError
@@ -58,15 +62,74 @@ def named(exc: BaseException, name: str) -> BaseException:
     return exc
 
 
-def _init_worker(threads: int) -> None:
-    """A local worker's torch threads (set before any op, so its pools start that size)."""
+class _Queue:
+    """The cases' queue, in shared memory so that every process claims its next case itself
+    (a parent busy in a long C call, holding its GIL, never keeps a child waiting): the next
+    index, each case's state (0 waiting, 1 running, 2 done), the count done, and a stop flag
+    (a failure, Ctrl-C)."""
+
+    def __init__(self, ctx, n: int):
+        self.next, self.done, self.stop, self.n = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Value("b", 0), n
+        self.state = ctx.Array("b", n, lock=False)  # each case's entry is written by its holder only
+
+    def claim(self) -> int | None:
+        with self.next.get_lock():
+            if self.stop.value or self.next.value >= self.n:
+                return None
+            self.next.value += 1
+            i = self.next.value - 1
+        self.state[i] = 1
+        return i
+
+    def finished(self, i: int) -> None:
+        self.state[i] = 2
+        with self.done.get_lock():
+            self.done.value += 1
+
+
+_queue: _Queue | None = None  # a child's, from its initializer
+
+
+def _init_worker(threads: int, queue: _Queue | None = None) -> None:
+    """A local worker's threads, set before any op so that its pools start that size: torch's
+    when the preloaded case module brought torch (importing it here would cost every worker
+    seconds), else the environment, which a later import of torch or a BLAS reads."""
+    global _queue
+    _queue = queue
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def _drain(fn: Callable, items: Sequence) -> tuple[dict, tuple | None]:
+    """A child's loop: cases from the queue until it is empty or stopped; its results, and
+    (index, exception) of the case that failed, if one did (the others then stop)."""
+    out: dict[int, object] = {}
+    while (i := _queue.claim()) is not None:
+        try:
+            out[i] = fn(*items[i])
+        except BaseException as exc:  # raised, named, by the parent
+            _queue.stop.value = 1
+            return out, (i, exc)
+        _queue.finished(i)
+    return out, None
+
+
+@contextmanager
+def _torch_threads(threads: int):
+    """This process's torch threads for the block, when torch is loaded (the parent takes
+    cases beside its workers, at their share of the cores)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(threads)
     try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return
-    torch.set_num_threads(threads)
+        yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
 
 
 @dataclass
@@ -117,36 +180,60 @@ def _serial(fn, items, names, desc, progress) -> list:
 
 
 def _local(fn, items, names, desc, progress, workers: int) -> list:
+    """`workers` processes: this one and workers - 1 children, all claiming cases from one
+    queue in shared memory. This process works through the first cases while its children
+    start (each an interpreter importing the case module, torch included: seconds), so
+    their start-up costs the stage almost nothing."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     from tqdm import tqdm
 
-    # forkserver: each worker forks from a clean server process that has imported the case
-    # function's module once (no threads of this process, no torch import per worker)
+    # forkserver: each child forks from a clean server process that has imported the case
+    # function's module once (none of this process's threads, one torch import in all)
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([fn.__module__])
     threads = max(1, cores() // workers)
+    queue = _Queue(ctx, len(items))
     results: dict[int, object] = {}
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as ex, \
-            tqdm(total=len(items), desc=desc, unit="case", disable=not progress) as bar:
-        futures = {ex.submit(fn, *item): i for i, item in enumerate(items)}
-        pending = set(futures)
+    failures: dict[int, BaseException] = {}
+    mine: int | None = None  # the case this process holds
+    children = ProcessPoolExecutor(workers - 1, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(threads, queue))
+    with children as ex, tqdm(total=len(items), desc=desc, unit="case", disable=not progress) as bar:
+        drains = [ex.submit(_drain, fn, items) for _ in range(workers - 1)]
         try:
+            with _torch_threads(threads):
+                while (mine := queue.claim()) is not None:
+                    try:
+                        results[mine] = fn(*items[mine])
+                    except Exception as exc:  # named, and raised below
+                        queue.stop.value = 1
+                        failures[mine] = named(exc, names[mine])
+                        break
+                    queue.finished(mine)
+                    bar.update(queue.done.value - bar.n)
+            pending = set(drains)
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for f in sorted(done, key=futures.get):
-                    exc = f.exception()
-                    if isinstance(exc, BrokenProcessPool):  # killed (out of memory?) mid-case
-                        raise DataError(f"case {names[futures[f]]}: a {desc} worker process died (out of "
-                                        "memory?). Lower data.workers and run again.") from None
-                    if exc is not None:
-                        raise named(exc, names[futures[f]]) from None
-                    results[futures[f]] = f.result()
-                    bar.update(1)
-        except BaseException:
-            for f in pending:
-                f.cancel()
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                bar.update(queue.done.value - bar.n)
+                for f in done:
+                    try:
+                        got, failed = f.result()
+                    except BrokenProcessPool:  # killed (out of memory?) mid-case
+                        queue.stop.value = 1
+                        lost = next((i for i in range(len(items)) if queue.state[i] == 1 and i != mine), 0)
+                        failures.setdefault(lost, DataError(
+                            f"case {names[lost]}: a {desc} worker process died (out of memory?). "
+                            "Lower data.workers and run again."))
+                        continue
+                    results.update(got)
+                    if failed is not None:
+                        failures[failed[0]] = named(failed[1], names[failed[0]])
+        except BaseException:  # Ctrl-C: no new cases; the children finish the ones they hold
+            queue.stop.value = 1
             raise
+    if failures:
+        raise failures[min(failures)] from None
     return [results[i] for i in range(len(items))]
