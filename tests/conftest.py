@@ -14,6 +14,7 @@ from boneseg.core.imaging.nifti import Volume
 
 RAS = np.diag([0.8, 0.8, 3.0, 1.0])
 LPS = np.diag([-0.8, -0.8, 3.0, 1.0])
+_PASSED = pytest.StashKey[bool]()
 
 
 def oblique_affine() -> np.ndarray:
@@ -23,6 +24,31 @@ def oblique_affine() -> np.ndarray:
     aff[:3, :3] = rot @ np.diag([0.7, 0.9, 2.5])
     aff[:3, 3] = [-120.5, 33.25, -410.0]
     return aff
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.stash[_PASSED] = report.passed
+    return report
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """A passed test's tmp_path is emptied once its fixtures are torn down: a full run writes
+    checkpoints, DVC caches and stores by the gigabyte, which a CI machine's disk may not hold.
+    The folder itself stays, so pytest never hands its name (and MLflow's cached store for a
+    sqlite file in it) to a later test; a failed test keeps everything for debugging."""
+    result = yield
+    path = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    if path is not None and item.stash.get(_PASSED, False):
+        for child in Path(path).iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    return result
 
 
 @pytest.fixture
