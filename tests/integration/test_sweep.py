@@ -241,8 +241,18 @@ def check_segment_and_report(cfg, tmp_path, client, parent_id, metrics, monkeypa
         assert np.array_equal(a, np.asarray(outs["torch"].dataobj))
     assert (tmp_path / "seg" / "registry" / "itksnap_labels.txt").is_file()
 
+    curve = {"all_labels": 0.9, "orders": {  # bench/labelling_curve.py --json beside metrics.json
+        "case id": [{"cases": 2, "voxels": 500, "bone_dice": 0.7, "mean_dice": 0.5},
+                    {"cases": 4, "voxels": 900, "bone_dice": 0.9, "mean_dice": 0.6}],
+        "disagreement": [{"cases": 2, "voxels": 500, "bone_dice": 0.7, "mean_dice": 0.5},
+                         {"cases": 3, "voxels": 650, "bone_dice": 0.895, "mean_dice": 0.6}]}}
+    (Path(cfg.sweep.metrics_file).parent / "labelling_curve.json").write_text(json.dumps(curve))
     assert report_main(argparse.Namespace(address=None), cfg) == 0
     page = (tmp_path / "report" / "index.html").read_text()
+    assert "What to correct next" in page and "boneseg correct next" in page  # no worklist: how to rank
+    assert (tmp_path / "report" / "fig_labelling_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["labelling_curve"]["reached"] == {
+        "case id": [4, 900], "disagreement": [3, 650]}  # first round within 0.01 of the all-labels model
     for variant in cfg.sweep.variants:
         assert f"{metrics[variant]['bone_dice_mean']:.4f}" in page
         assert f"{metrics[variant]['bone_dice_std']:.4f}" in page

@@ -87,3 +87,46 @@ def test_identical_fold_models_agree_everywhere_and_one_model_is_refused(project
     assert "cannot disagree with itself" in capsys.readouterr().err
     assert cli([*params, "--set", f"data.annotate_dir={tmp_path / 'b'}", "correct", "export"]) == 2
     assert "no worklist" in capsys.readouterr().err
+
+
+def test_labels_ends_with_the_worklist_top_or_says_how_to_rank(project, tmp_path):
+    from boneseg.core.config import Config
+    from boneseg.stages.labels import next_hint
+
+    data = json.loads((project / "params.yaml").read_text())["data"]
+    cfg = Config.model_validate({"data": data, "sweep": {"model_dir": str(project / "model")}})
+    todo = ["abd000", "abd001", "abd002"]
+    work = project / "annotate" / "worklist.json"
+    work.parent.mkdir(exist_ok=True)
+    rows = [{"case": "abd002", "disagreement": 0.5}, {"case": "abd003", "disagreement": 0.4},
+            {"case": "abd000", "disagreement": 0.25}]  # abd003 has truth: never offered
+    saved = work.read_bytes() if work.is_file() else None
+    try:
+        work.write_text(json.dumps({"cases": rows}))
+        corrected = {p.stem.removesuffix(".nii") for p in (project / "corr").glob("*.nii.gz")}
+        expect = [r["case"] for r in rows if r["case"] not in corrected | {"abd003"}]
+        hint = next_hint(cfg, todo)
+        assert hint.startswith("next, by the fold models' disagreement") and f"export {expect[0]}" in hint
+        assert "abd003" not in hint and "(0.500)" in hint
+    finally:
+        work.unlink()
+        if saved is not None:
+            work.write_bytes(saved)
+    none = cfg.model_copy(update={"data": cfg.data.model_copy(update={"annotate_dir": str(tmp_path / "a")})})
+    assert "boneseg correct next --model" in next_hint(none, todo)  # fold models, no ranking yet
+    bare = none.model_copy(update={"sweep": none.sweep.model_copy(update={"model_dir": str(tmp_path / "m")})})
+    assert next_hint(bare, todo) == "next: boneseg correct export abd000"
+
+
+def test_a_damaged_labelling_curve_is_one_line_naming_the_file(tmp_path):
+    from boneseg.core.reporting.curve import load_curve
+    from boneseg.errors import DataError
+
+    path = tmp_path / "labelling_curve.json"
+    assert load_curve(path) is None
+    for text in ("{", '{"orders": {"x": [{"cases": 1}]}, "all_labels": 0.9}',
+                 '{"orders": {}, "all_labels": 1}',
+                 '{"orders": {"x": [{"cases": 1, "voxels": 2, "bone_dice": "NaN?", "mean_dice": 0}]}}'):
+        path.write_text(text)
+        with pytest.raises(DataError, match="labelling_curve.json: not a labelling curve"):
+            load_curve(path)

@@ -62,7 +62,8 @@ def rank_next(args: argparse.Namespace, cfg: Config) -> int:
     from tqdm import tqdm
 
     from boneseg.core.inference.predict import ModelRequest
-    from boneseg.core.labelling.worklist import rank, to_label, write_worklist
+    from boneseg.core.labelling.ranking import rank
+    from boneseg.core.labelling.worklist import to_label, write_worklist
 
     ref = args.model or cfg.sweep.model_dir
     req = ModelRequest(checkpoints(ref, cfg), args.folds, args.device, ref=ref, backend=args.backend,

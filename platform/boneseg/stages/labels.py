@@ -28,5 +28,23 @@ def main(args: argparse.Namespace, cfg: Config) -> int:
     if todo:
         print(f"to label ({len(todo)}: no truth, no correction; left out of training and scoring unless "
               f"splits.include_unreviewed): {' '.join(todo)}")
-        print(f"next: boneseg correct export {todo[0]}")
+        print(next_hint(cfg, todo))
     return 0
+
+
+def next_hint(cfg: Config, todo: list[str], n: int = 3) -> str:
+    """The next cases to correct: the worklist's top ones where `boneseg correct next` ranked
+    them, else a pointer to that ranking where fold models exist, else the first case id."""
+    from pathlib import Path
+
+    from boneseg.core.labelling.worklist import open_worklist
+
+    ranked = open_worklist(cfg)
+    if ranked:
+        top = ", ".join(f"{r['case']} ({r['disagreement']:.3f})" for r in ranked[:n])
+        return (f"next, by the fold models' disagreement (worklist): {top}; "
+                f"boneseg correct export {ranked[0]['case']}")
+    if any(Path(cfg.sweep.model_dir).glob("fold*.pt")):
+        return (f"next: rank them by the fold models' disagreement with `boneseg correct next --model "
+                f"{cfg.sweep.model_dir}`, or take the first: boneseg correct export {todo[0]}")
+    return f"next: boneseg correct export {todo[0]}"

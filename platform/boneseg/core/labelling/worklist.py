@@ -7,29 +7,25 @@ Each fold model segments it on its own (no postprocessing); the score is
 1 - the mean pairwise Dice of the fold models' non-background maps, averaged over the
 label ids that any of them predicts (0: they agree voxel for voxel; 1: they share no
 voxel). The models were trained on different folds, so where they disagree the
-ensemble is least sure, and a correction teaches the most. The ranking is written to
-<annotate_dir>/worklist.json, which `boneseg correct export` with no case follows.
+ensemble is least sure, and a correction teaches the most (`core.labelling.ranking` runs
+the models). The ranking is written to <annotate_dir>/worklist.json, which `boneseg correct
+export` with no case follows and `boneseg labels` and the report show. This module reads and
+writes that file without loading a model, so the labels stage stays apart from inference.
 """
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from boneseg.core.config import Config
 from boneseg.core.evaluation.metrics import dice
-from boneseg.core.imaging.nifti import load_ct
 from boneseg.core.io import write_json
 from boneseg.core.layout import correction_path, find_cases
 from boneseg.errors import DataError
-
-if TYPE_CHECKING:
-    from boneseg.core.inference.predict import ModelRequest
 
 WORKLIST = "worklist.json"
 
@@ -52,26 +48,6 @@ def disagreement(maps: list[np.ndarray]) -> float:
     return float(np.mean(per_id))
 
 
-def rank(cfg: Config, req: ModelRequest, cases: list[dict], progress=None) -> list[dict]:
-    """[{"case", "disagreement", "bone_ml"}] sorted most uncertain first (ties: case id)."""
-    from boneseg.core.inference.predict import bone_ml, fold_label_maps, inference_setup
-
-    s = inference_setup(cfg, replace(req, postprocess=False))
-    if len(s.models) < 2:
-        raise DataError(f"--model {req.ref or req.checkpoints[0]}: one fold model cannot disagree with "
-                        "itself; ranking needs the fold models of a sweep (results/model or "
-                        "models:/boneseg@champion).")
-    rows = []
-    for c in cases:
-        ct = load_ct(c["ct"])
-        maps = fold_label_maps(s.models, ct, s.rt, s.tc.eval_batch_size)
-        rows.append({"case": c["case"], "disagreement": round(disagreement(maps), 6),
-                     "bone_ml": bone_ml(maps[0], ct.spacing)})
-        if progress is not None:
-            progress.update(1)
-    return sorted(rows, key=lambda r: (-r["disagreement"], r["case"]))
-
-
 def write_worklist(cfg: Config, rows: list[dict], model: str) -> Path:
     path = Path(cfg.data.annotate_dir) / WORKLIST
     write_json(path, {"model": model, "ranked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -79,20 +55,30 @@ def write_worklist(cfg: Config, rows: list[dict], model: str) -> Path:
     return path
 
 
-def next_case(cfg: Config) -> str:
-    """The top case of the worklist that is still to label (no truth, no correction)."""
+def open_worklist(cfg: Config) -> list[dict] | None:
+    """The worklist's rows whose case is still to label, in its order; None where there is no
+    readable worklist."""
     path = Path(cfg.data.annotate_dir) / WORKLIST
     try:
         small = path.is_file() and path.stat().st_size < 1 << 24
         rows = json.loads(path.read_text())["cases"] if small else None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         rows = None
     if not isinstance(rows, list):
+        return None
+    open_cases = {c["case"] for c in to_label(cfg)}
+    return [r for r in rows if isinstance(r, dict) and r.get("case") in open_cases
+            and isinstance(r.get("disagreement"), (int, float))]
+
+
+def next_case(cfg: Config) -> str:
+    """The top case of the worklist that is still to label (no truth, no correction)."""
+    path = Path(cfg.data.annotate_dir) / WORKLIST
+    rows = open_worklist(cfg)
+    if rows is None:
         raise DataError(f"{path}: no worklist. Name the case (`boneseg correct export CASE`), or rank the "
                         "cases first with `boneseg correct next`.")
-    open_cases = {c["case"] for c in to_label(cfg)}
-    for r in rows:
-        if isinstance(r, dict) and r.get("case") in open_cases:
-            return r["case"]
-    raise DataError(f"{path}: every case on the worklist is labelled or corrected. Run `boneseg correct "
-                    "next` again to rank what is left.")
+    if not rows:
+        raise DataError(f"{path}: every case on the worklist is labelled or corrected. Run `boneseg correct "
+                        "next` again to rank what is left.")
+    return rows[0]["case"]

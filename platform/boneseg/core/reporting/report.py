@@ -7,8 +7,10 @@ and writes results/report/: index.html, report.json and
 - fig_overlays.png: the best and worst validation cases of the best variant, true
   positives / false positives / false negatives marked (the study's figure 4);
 - fig_curves.png: validation bone Dice and training loss per epoch, every trial;
-and sections on the postprocessing rule chosen by cross-validation (Dice with and without
-it) and the fold models' ONNX export (`core.reporting.backends`).
+a "what to correct next" section: `boneseg correct next`'s worklist and, where
+results/labelling_curve.json exists, bench/labelling_curve.py's curve (fig_labelling_curve.png,
+`core.reporting.curve`); and sections on the postprocessing rule chosen by cross-validation
+(Dice with and without it) and the fold models' ONNX export (`core.reporting.backends`).
 The four final scores come with paired bootstrap 95 % confidence intervals of the
 differences between variants (`core.evaluation.stats`). The `report` stage also logs the folder
 to the sweep's MLflow parent run (artifact path `report/`).
@@ -29,10 +31,12 @@ from boneseg.core.evaluation.stats import statistics
 from boneseg.core.imaging.nifti import load_ct, load_labels, to_canonical
 from boneseg.core.io import atomic_dir
 from boneseg.core.labelling.assist import effort_html, labelling_effort
+from boneseg.core.labelling.worklist import open_worklist
 from boneseg.core.labelmap import BONE
 from boneseg.core.layout import PREDICTIONS, find_cases, label_path
 from boneseg.core.parallel import Pool
 from boneseg.core.reporting.backends import model_html, model_summary
+from boneseg.core.reporting.curve import CURVE, load_curve, next_section
 from boneseg.core.reporting.figures import pyplot
 from boneseg.errors import DataError
 
@@ -194,7 +198,7 @@ def _p(p: float, n: int) -> str:
 
 
 def render_html(res: dict, stats: dict, figures: list[str], overlays: list[dict], effort: str,
-                way_out: str = "") -> str:
+                way_out: str = "", next_up: str = "") -> str:
     m = res["metrics"]
     rows = []
     for v in res["variants"]:
@@ -246,6 +250,7 @@ docs/labelling.md): voxels to paint, regions to relabel, axial slices touched; b
 truth and the share of the proposed bone lying on other organs. The U-Net rows are out of fold: each case
 is proposed by the fold model that did not train on it.</p>
 {effort}
+{next_up}
 {way_out}
 <h2>Figures</h2><ul>{ov}</ul>{imgs}
 </body></html>
@@ -261,6 +266,7 @@ def build_report(cfg: Config, pool: Pool | None = None) -> dict:
     overlays = overlay_cases(cfg, res)
     effort = labelling_effort(cfg, res["metrics"], pool)  # the per-case scoring on `pool`
     way_out = model_summary(cfg.sweep.model_dir)  # postprocessing and backends, from boneseg.json
+    curve = load_curve(Path(cfg.sweep.metrics_file).parent / CURVE)  # bench/labelling_curve.py's, if any
     with atomic_dir(cfg.report.out_dir) as out:
         figures = ["fig_folds.png", "fig_curves.png"]
         fig_folds(res, out / figures[0])
@@ -268,6 +274,7 @@ def build_report(cfg: Config, pool: Pool | None = None) -> dict:
         if overlays:
             figures.append("fig_overlays.png")
             fig_overlays(overlays, cfg.data.window, out / "fig_overlays.png")
+        next_up, next_entry = next_section(curve, open_worklist(cfg), out)
         report = {
             "metrics": res["metrics"],
             "statistics": stats,
@@ -275,11 +282,12 @@ def build_report(cfg: Config, pool: Pool | None = None) -> dict:
             "sweep": res["index"],
             "figures": figures,
             "labelling_effort": effort,
+            **next_entry,
             **way_out,
         }
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (out / "index.html").write_text(render_html(res, stats, figures, overlays,
                                                         effort_html(effort["totals"], effort["cases"],
                                                                     effort["unet_variants"]),
-                                                        model_html(way_out)))
+                                                        model_html(way_out), next_up))
     return report
