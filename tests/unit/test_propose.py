@@ -91,3 +91,27 @@ def test_crops_pad_small_volumes_and_a_ct_of_any_size_is_predicted_on_its_grid()
     cpu = torch.device("cpu")
     out = predict(net, ct, cfg, Runtime.on(cpu, cfg.train))
     assert out.shape == (23, 17, 3) and out.dtype == bool
+
+
+def test_zoomed_crops_shrink_the_anatomy_and_the_intensity_augmentation_touches_only_the_marrow():
+    from boneseg.core.labelling.vnet import CORTEX_LEVEL, augment
+
+    img = torch.zeros(1, 1, 64, 64, 16)
+    mask = torch.zeros(1, 1, 64, 64, 16)
+    mask[0, 0, 16:48, 16:48] = 1  # a 32 x 32 "femur": cortex 0.8 around marrow 0.1
+    img[0, 0, 16:48, 16:48] = 0.8
+    img[0, 0, 20:44, 20:44] = 0.1
+    g = torch.Generator().manual_seed(0)
+    vols = [(img, mask, {})]
+    plain = random_crops(vols, (32, 32, 16), 4, 1.0, torch.Generator().manual_seed(1))
+    again = random_crops(vols, (32, 32, 16), 4, 1.0, torch.Generator().manual_seed(1), (1.0, 1.0))
+    assert all(torch.equal(a, b) for a, b in zip(plain, again))  # zoom (1, 1): the very same crops
+    x, y = random_crops([(img, mask, {})], (32, 32, 16), 4, 1.0, g, (0.5, 0.5))
+    assert x.shape == (4, 1, 32, 32, 16) and y.shape == (4, 32, 32, 16)
+    assert (y[:, :, :, 0].sum((1, 2)) == 16 * 16).all()  # the 32 x 32 femur is 16 x 16 at scale 0.5
+    assert torch.equal(augment(x, y, 0.0, 0.0, g), x)  # off: unchanged
+    lifted = augment(x, y, 0.4, 0.0, torch.Generator().manual_seed(2))
+    changed = lifted != x
+    assert changed.any() and (y[:, None].expand_as(x)[changed] == 1).all()  # only inside the femur
+    assert (x[changed] < CORTEX_LEVEL).all() and (lifted <= max(CORTEX_LEVEL, float(x.max()))).all()
+    assert torch.equal(lifted[x >= CORTEX_LEVEL], x[x >= CORTEX_LEVEL])  # the cortex keeps its value

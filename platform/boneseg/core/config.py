@@ -223,7 +223,19 @@ class ProposeConfig(_Strict):
     val_cases: int = Field(2, ge=1, description="thigh CTs held out for the validation Dice")
     foreground: float = Field(0.67, ge=0, le=1, description="share of crops centred on a femur voxel")
     overlap: float = Field(0.25, ge=0, lt=1, description="sliding-window overlap at inference")
+    zoom: tuple[float, float] = Field((1.0, 1.0), description="in-plane scale range of the training crops' "
+                                      "anatomy ([lo, hi] <= 1: smaller femurs, thinner shells)")
+    core_lift: float = Field(0.0, ge=0, le=1, description="raise the femur marrow of a training crop by up "
+                             "to this much (windowed 0..1): bright cores like cancellous bone")
+    contrast: float = Field(0.0, ge=0, lt=1, description="scale each training crop by 1 +- up to this")
     seed: int = 0
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.2 <= v[0] <= v[1] <= 1.0:
+            raise ValueError(f"expected [lo, hi] with 0.2 <= lo <= hi <= 1, got {list(v)}")
+        return v
 
     @field_validator("crop", "window")
     @classmethod

@@ -44,6 +44,7 @@ from boneseg.errors import DataError
 
 SUMMARY = PROPOSE_SUMMARY
 NO_THIGH = "no thigh CT to learn from"
+CORTEX_LEVEL = 0.5  # windowed intensity (-200..1500 HU: 650 HU) below which a femur voxel is marrow
 
 
 def build_vnet(dropout: float = 0.0):
@@ -73,24 +74,51 @@ def thigh_volumes(cfg: Config, cases: list[dict]) -> list[tuple[torch.Tensor, to
     return out
 
 
-def random_crops(vols, crop, n: int, foreground: float, g: torch.Generator):
+def random_crops(vols, crop, n: int, foreground: float, g: torch.Generator, zoom=(1.0, 1.0)):
     """n crops from random volumes: (n, 1, *crop) images, (n, *crop) int64 masks; a volume
-    smaller than the crop is padded (image 0 = below the window, mask 0)."""
+    smaller than the crop is padded (image 0 = below the window, mask 0). With `zoom`
+    (lo, hi) below 1, each crop covers crop / s in-plane for a random s in [lo, hi] and is
+    averaged down to `crop`: the femur appears smaller, its cortex thinner and partial-volumed,
+    as the abdomen's vertebrae and ribs are (no random number is drawn where zoom is (1, 1))."""
     xs, ys = [], []
     for _ in range(n):
         img, mask, _ = vols[int(torch.randint(len(vols), (1,), generator=g))]
-        pad = [p for d in reversed(range(3)) for p in (0, max(0, crop[d] - img.shape[2 + d]))]
+        size = list(crop)
+        if zoom != (1.0, 1.0):
+            s = zoom[0] + (zoom[1] - zoom[0]) * float(torch.rand((), generator=g))
+            size[:2] = [int(np.ceil(c / s)) for c in crop[:2]]
+        pad = [p for d in reversed(range(3)) for p in (0, max(0, size[d] - img.shape[2 + d]))]
         img, mask = F.pad(img, pad), F.pad(mask, pad)
         fg = torch.nonzero(mask[0, 0])
         if len(fg) and torch.rand((), generator=g) < foreground:  # centred on a femur voxel
             centre = fg[int(torch.randint(len(fg), (1,), generator=g))]
-            lo = [int(min(max(0, centre[d] - crop[d] // 2), img.shape[2 + d] - crop[d])) for d in range(3)]
+            lo = [int(min(max(0, centre[d] - size[d] // 2), img.shape[2 + d] - size[d])) for d in range(3)]
         else:
-            lo = [int(torch.randint(img.shape[2 + d] - crop[d] + 1, (1,), generator=g)) for d in range(3)]
-        sl = tuple(slice(lo[d], lo[d] + crop[d]) for d in range(3))
-        xs.append(img[(0, 0, *sl)])
-        ys.append(mask[(0, 0, *sl)])
+            lo = [int(torch.randint(img.shape[2 + d] - size[d] + 1, (1,), generator=g)) for d in range(3)]
+        sl = tuple(slice(lo[d], lo[d] + size[d]) for d in range(3))
+        x, y = img[(0, 0, *sl)], mask[(0, 0, *sl)]
+        if size != list(crop):  # area averaging: the partial volume a coarser grid would show
+            x = F.interpolate(x[None, None], size=list(crop), mode="area")[0, 0]
+            y = (F.interpolate(y[None, None].float(), size=list(crop), mode="area")[0, 0] >= 0.5).to(y.dtype)
+        xs.append(x)
+        ys.append(y)
     return torch.stack(xs)[:, None], torch.stack(ys).long()
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, core_lift: float, contrast: float, g: torch.Generator):
+    """Intensity augmentation of windowed crops (values in [0, 1]). `core_lift`: the femur's
+    marrow (inside the mask, darker than cortex) is raised by up to this much, per crop, so a
+    bright shell around a brighter core, as in cancellous vertebrae and ribs, is also bone.
+    `contrast`: each crop is scaled by 1 + u, u in [-contrast, contrast]. Off (0) draws nothing."""
+    n = x.shape[0]
+    if core_lift:
+        lift = torch.rand(n, generator=g).view(n, 1, 1, 1, 1) * core_lift
+        core = (y[:, None] == 1) & (x < CORTEX_LEVEL)
+        x = torch.where(core, torch.minimum(x + lift, torch.full_like(x, CORTEX_LEVEL)), x)
+    if contrast:
+        u = (torch.rand(n, generator=g) * 2 - 1).view(n, 1, 1, 1, 1) * contrast
+        x = (x * (1 + u)).clamp(0, 1)
+    return x
 
 
 def predict(model, ct: Volume, cfg: Config, rt: Runtime) -> np.ndarray:
@@ -118,7 +146,8 @@ def train_vnet(cfg: Config, train, rt: Runtime):
     g, losses = torch.Generator().manual_seed(pc.seed), []
     model.train()
     for _ in range(pc.steps):
-        x, y = random_crops(train, pc.crop, pc.batch_size, pc.foreground, g)
+        x, y = random_crops(train, pc.crop, pc.batch_size, pc.foreground, g, tuple(pc.zoom))
+        x = augment(x, y, pc.core_lift, pc.contrast, g)
         with rt.autocast():
             logits = model(x.to(rt.device))
         loss = segmentation_loss(logits, y.to(rt.device), "dice_ce")
