@@ -71,12 +71,11 @@ def reached(rounds: list[dict], target: float) -> tuple[int, int] | None:
     return None
 
 
-def curve_html(data: dict, figure: str) -> str:
+def curve_html(data: dict, hits: dict, figure: str) -> str:
     full = float(data["all_labels"])
     rows = []
     for label, rounds in data["orders"].items():
-        hit = reached(rounds, full - 0.01)
-        last = rounds[-1]
+        hit, last = hits[label], rounds[-1]
         rows.append(f"<tr><td>{html.escape(str(label))}</td><td>{hit[0] if hit else 'never'}</td>"
                     f"<td>{f'{hit[1]:,}' if hit else '-'}</td><td>{int(last['cases'])}</td>"
                     f"<td>{int(last['voxels']):,}</td></tr>")
@@ -108,9 +107,8 @@ def next_section(curve: dict | None, worklist: list[dict] | None, out: Path) -> 
     if curve is not None:
         figure = "fig_labelling_curve.png"
         plot_curve(curve["orders"], out / figure)
-        parts.append(curve_html(curve, figure))
         target = float(curve["all_labels"]) - 0.01
-        target = float(curve["all_labels"]) - 0.01
-        entry["labelling_curve"] = {"all_labels": curve["all_labels"], "reached": {
-            label: reached(rounds, target) for label, rounds in curve["orders"].items()}}
+        hits = {label: reached(rounds, target) for label, rounds in curve["orders"].items()}
+        parts.append(curve_html(curve, hits, figure))
+        entry["labelling_curve"] = {"all_labels": curve["all_labels"], "reached": hits}
     return "".join(parts), entry
