@@ -10,6 +10,7 @@ fresh process on `core.parallel.Pool` (what the commands run):
   propose  the V-Net's proposal of every CT (propose_case; random weights: speed only)
   segment  one U-Net fold model over the folder (segment_pairs; random weights)
   report   the report's per-case scoring (score_case: truth against segment's map, else the labels')
+  rank     `correct next`'s ranking (ranking.rank: 2 fold models; random weights; in one process)
 Peak memory is sampled from the stage's whole process tree (psutil, every 0.1 s): the
 summed RSS of the stage and its workers (shared library pages counted in each, so an
 upper bound), and the largest single process.
@@ -38,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("import", "labels", "slices", "propose", "segment", "report")
+STAGES = ("import", "labels", "slices", "propose", "segment", "report", "rank")
 
 CHILD = r"""
 import json, sys, time
@@ -85,6 +86,13 @@ def main():
         seg = root / "seg" if (root / "seg").is_dir() else Path(cfg.data.labels_dir)  # else: the labels
         pool.map(score_case, [(c["truth"], {"map": seg / f"{c['case']}.nii.gz"}) for c in cases],
                  [c["case"] for c in cases], "report", False, file_sizes(c["truth"] for c in cases))
+    elif stage == "rank":
+        from boneseg.core.layout import find_cases
+        from boneseg.core.labelling.ranking import rank
+        from boneseg.core.inference.predict import ModelRequest
+        rank(cfg, ModelRequest([root / "fold0.pt", root / "fold1.pt"], None, "cpu", backend="torch"),
+             find_cases(cfg.data.raw_dir))
+        pool.used = 1
     print(json.dumps({"seconds": time.perf_counter() - t, "workers": pool.used}))
 
 
@@ -133,6 +141,10 @@ def make_models(root: Path, cfg) -> None:
     torch.save({"model": net.state_dict(), "classes": "multi", "variant": "multi-random", "fold": 0,
                 "preprocessing": {"image_size": cfg.data.image_size, "window": list(cfg.data.window)},
                 "weights": {"source": "none"}}, root / "fold0.pt")
+    net, _ = build_model(5, "none")  # a second fold model, its own weights: the ranking needs two
+    torch.save({"model": net.state_dict(), "classes": "multi", "variant": "multi-random", "fold": 1,
+                "preprocessing": {"image_size": cfg.data.image_size, "window": list(cfg.data.window)},
+                "weights": {"source": "none"}}, root / "fold1.pt")
 
 
 def run_stage(stage: str, cfg: dict, root: Path, workers: int) -> dict:

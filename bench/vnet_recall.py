@@ -10,7 +10,7 @@ thickness, voxels, and the V-Net's recall on the shell and on the core; then the
 Dice, precision and voxels to paint (`core.labelling.effort`) of the V-Net and of
 threshold + fill, and the held-out thigh Dice.
 
-    python bench/vnet_recall.py [--set propose.steps=300 ...] [--json out.json]
+    python bench/vnet_recall.py [--set propose.steps=300 ...] [--json out.json] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", action="append", default=[], help="a setting, e.g. propose.steps=300")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, help="a new folder to keep the cohort and proposals in")
     a = ap.parse_args()
     from boneseg.core.config import build_config, deep_merge, parse_set
     from boneseg.core.data import synth as S
@@ -81,7 +82,9 @@ def main() -> None:
     from boneseg.core.labelling.labels import bone_proposals
     from boneseg.core.labelling.vnet import propose
 
-    base = Path(tempfile.mkdtemp(prefix="vnet_recall_"))
+    base = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="vnet_recall_"))
+    if a.keep:
+        base.mkdir(parents=True)  # a new folder: never one with a user's files
     try:
         raw = {"data": {"raw_dir": str(base / "raw"), "proposals_dir": str(base / "proposals"), "workers": 1},
                "train": {"device": "cpu"}}
@@ -112,7 +115,8 @@ def main() -> None:
             rows.append({"case": case, "vnet_dice": round(dice(pred, truth == 1), 4),
                          "filled_dice": round(dice(filled, truth == 1), 4)})
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(base, ignore_errors=True)
     print(f"V-Net {' '.join(a.set) or '(defaults)'}: propose {wall:.0f} s, "
           f"peak RSS {summary['peak_rss_gib']} GiB, held-out thigh Dice {summary['val_dice_mean']}")
     print(f"{'structure':22} {'shell mm':>8} {'voxels':>8} {'recall shell':>12} {'recall core':>11}")

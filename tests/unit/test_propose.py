@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from boneseg.core.config import Config
 from boneseg.core.imaging.nifti import Volume
@@ -93,8 +94,15 @@ def test_crops_pad_small_volumes_and_a_ct_of_any_size_is_predicted_on_its_grid()
     assert out.shape == (23, 17, 3) and out.dtype == bool
 
 
-def test_zoomed_crops_shrink_the_anatomy_and_the_intensity_augmentation_touches_only_the_marrow():
-    from boneseg.core.labelling.vnet import CORTEX_LEVEL, augment
+def test_vnet_crops_zoom_both_ways_and_the_augmentations_touch_only_the_femur():
+    from boneseg.core.labelling.vnet import CORTEX_HU, augment, level, vnet_window
+
+    CORTEX_LEVEL = level(CORTEX_HU, vnet_window(Config()))  # 650 HU on -200..1500: 0.5
+    assert CORTEX_LEVEL == 0.5 and level(CORTEX_HU, (-200, 500)) == 1.0
+    narrow = Config.model_validate({"propose": {"hu_window": [-200, 500]}})
+    assert vnet_window(narrow) == (-200, 500) and vnet_window(Config()) == Config().data.window
+    with pytest.raises(ValueError, match="low < high"):
+        Config.model_validate({"propose": {"hu_window": [500, -200]}})
 
     img = torch.zeros(1, 1, 64, 64, 16)
     mask = torch.zeros(1, 1, 64, 64, 16)
@@ -115,3 +123,13 @@ def test_zoomed_crops_shrink_the_anatomy_and_the_intensity_augmentation_touches_
     assert changed.any() and (y[:, None].expand_as(x)[changed] == 1).all()  # only inside the femur
     assert (x[changed] < CORTEX_LEVEL).all() and (lifted <= max(CORTEX_LEVEL, float(x.max()))).all()
     assert torch.equal(lifted[x >= CORTEX_LEVEL], x[x >= CORTEX_LEVEL])  # the cortex keeps its value
+    up, yu = random_crops(vols, (16, 16, 16), 2, 1.0, torch.Generator().manual_seed(3), (2.0, 2.0))
+    assert up.shape == (2, 1, 16, 16, 16) and (yu[0, :, :, 0] == 0).sum() < (yu[0, :, :, 0] == 1).sum()
+    assert float(up.max()) <= 0.8 + 1e-6  # interpolated up: no value outside the crop's range
+
+    thin = augment(x, y, 0.0, 0.0, torch.Generator().manual_seed(4), CORTEX_LEVEL, 1.0)
+    rim = (y[:, None] == 1) & (F.max_pool3d(1.0 - y[:, None].float(), (3, 3, 1), 1, (1, 1, 0)) > 0)
+    assert torch.equal(thin[rim], x[rim])  # the one-voxel rim keeps its cortex
+    inner_cortex = (y[:, None] == 1) & ~rim & (x >= CORTEX_LEVEL)
+    assert inner_cortex.any() and (thin[inner_cortex] < CORTEX_LEVEL).all()  # thinned to the rim
+    assert torch.equal(thin[y[:, None].expand_as(x) == 0], x[y[:, None].expand_as(x) == 0])

@@ -224,17 +224,29 @@ class ProposeConfig(_Strict):
     foreground: float = Field(0.67, ge=0, le=1, description="share of crops centred on a femur voxel")
     overlap: float = Field(0.25, ge=0, lt=1, description="sliding-window overlap at inference")
     zoom: tuple[float, float] = Field((1.0, 1.0), description="in-plane scale range of the training crops' "
-                                      "anatomy ([lo, hi] <= 1: smaller femurs, thinner shells)")
+                                      "anatomy (< 1: smaller femurs, thinner shells; > 1: wider cores)")
     core_lift: float = Field(0.0, ge=0, le=1, description="raise the femur marrow of a training crop by up "
                              "to this much (windowed 0..1): bright cores like cancellous bone")
     contrast: float = Field(0.0, ge=0, lt=1, description="scale each training crop by 1 +- up to this")
+    thin_shell: float = Field(0.0, ge=0, le=1, description="share of training crops whose femur cortex is "
+                              "thinned to one voxel in-plane, as vertebral and rib shells are")
+    hu_window: tuple[float, float] | None = Field(
+        None, description="the V-Net's input window [low_hu, high_hu] (null: data.window); a narrow bone "
+        "window saturates thick cortex and thin shells alike")
     seed: int = 0
+
+    @field_validator("hu_window")
+    @classmethod
+    def _hu_window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"expected [low_hu, high_hu] with low < high, or null, got {list(v)}")
+        return v
 
     @field_validator("zoom")
     @classmethod
     def _zoom(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0.2 <= v[0] <= v[1] <= 1.0:
-            raise ValueError(f"expected [lo, hi] with 0.2 <= lo <= hi <= 1, got {list(v)}")
+        if not 0.2 <= v[0] <= v[1] <= 3.0:
+            raise ValueError(f"expected [lo, hi] with 0.2 <= lo <= hi <= 3, got {list(v)}")
         return v
 
     @field_validator("crop", "window")

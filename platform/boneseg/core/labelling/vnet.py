@@ -2,7 +2,7 @@
 threshold femur masks, applied to every abdominal CT (`boneseg propose`).
 
 - Inputs are resampled to `propose.spacing_mm` (trilinear CT, nearest mask) and windowed
-  to [0, 1] with `data.window`, as the slices are.
+  to [0, 1] with `propose.hu_window`, or `data.window` as the slices are where it is null.
 - Training: random `propose.crop` crops (a share centred on a femur voxel), Dice + CE,
   the U-Net's runtime (autocast, GradScaler, AdamW + OneCycle: `core.networks.runtime`,
   `networks.optim`), `propose.val_cases` thigh CTs held out for the validation Dice.
@@ -44,7 +44,17 @@ from boneseg.errors import DataError
 
 SUMMARY = PROPOSE_SUMMARY
 NO_THIGH = "no thigh CT to learn from"
-CORTEX_LEVEL = 0.5  # windowed intensity (-200..1500 HU: 650 HU) below which a femur voxel is marrow
+CORTEX_HU = 650.0  # below this a femur voxel is marrow (core_lift raises it toward this level)
+
+
+def vnet_window(cfg: Config) -> tuple[float, float]:
+    """The V-Net's input window (HU): propose.hu_window, else the slices' data.window."""
+    return tuple(cfg.propose.hu_window or cfg.data.window)
+
+
+def level(hu: float, window) -> float:
+    """`hu` on the windowed 0..1 scale."""
+    return float(np.clip((hu - window[0]) / (window[1] - window[0]), 0.0, 1.0))
 
 
 def build_vnet(dropout: float = 0.0):
@@ -69,7 +79,7 @@ def thigh_volumes(cfg: Config, cases: list[dict]) -> list[tuple[torch.Tensor, to
         ct = load_ct(c["ct"])
         femur = bone_proposals(ct, "thigh", cfg.labels)["filled"]
         hu = resample(ct.data, ct.spacing, cfg.propose.spacing_mm, "trilinear")
-        img = apply_window(hu, cfg.data.window)
+        img = apply_window(hu, vnet_window(cfg))
         out.append((img, resample(femur, ct.spacing, cfg.propose.spacing_mm, "nearest"), c))
     return out
 
@@ -77,9 +87,10 @@ def thigh_volumes(cfg: Config, cases: list[dict]) -> list[tuple[torch.Tensor, to
 def random_crops(vols, crop, n: int, foreground: float, g: torch.Generator, zoom=(1.0, 1.0)):
     """n crops from random volumes: (n, 1, *crop) images, (n, *crop) int64 masks; a volume
     smaller than the crop is padded (image 0 = below the window, mask 0). With `zoom`
-    (lo, hi) below 1, each crop covers crop / s in-plane for a random s in [lo, hi] and is
-    averaged down to `crop`: the femur appears smaller, its cortex thinner and partial-volumed,
-    as the abdomen's vertebrae and ribs are (no random number is drawn where zoom is (1, 1))."""
+    (lo, hi), each crop covers crop / s in-plane for a random s in [lo, hi], resampled to
+    `crop`: below 1 averaged down, so the femur appears smaller, its cortex thinner and
+    partial-volumed, as the abdomen's ribs are; above 1 interpolated up, so its core is as
+    wide as a vertebral body's (no random number is drawn where zoom is (1, 1))."""
     xs, ys = [], []
     for _ in range(n):
         img, mask, _ = vols[int(torch.randint(len(vols), (1,), generator=g))]
@@ -97,24 +108,36 @@ def random_crops(vols, crop, n: int, foreground: float, g: torch.Generator, zoom
             lo = [int(torch.randint(img.shape[2 + d] - size[d] + 1, (1,), generator=g)) for d in range(3)]
         sl = tuple(slice(lo[d], lo[d] + size[d]) for d in range(3))
         x, y = img[(0, 0, *sl)], mask[(0, 0, *sl)]
-        if size != list(crop):  # area averaging: the partial volume a coarser grid would show
-            x = F.interpolate(x[None, None], size=list(crop), mode="area")[0, 0]
-            y = (F.interpolate(y[None, None].float(), size=list(crop), mode="area")[0, 0] >= 0.5).to(y.dtype)
+        if size != list(crop):  # shrunk: area averaging, the partial volume a coarser grid would show
+            how = {"mode": "area"} if size[0] >= crop[0] else {"mode": "trilinear", "align_corners": False}
+            x = F.interpolate(x[None, None], size=list(crop), **how)[0, 0]
+            y = (F.interpolate(y[None, None].float(), size=list(crop), **how)[0, 0] >= 0.5).to(y.dtype)
         xs.append(x)
         ys.append(y)
     return torch.stack(xs)[:, None], torch.stack(ys).long()
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, core_lift: float, contrast: float, g: torch.Generator):
-    """Intensity augmentation of windowed crops (values in [0, 1]). `core_lift`: the femur's
+def augment(x: torch.Tensor, y: torch.Tensor, core_lift: float, contrast: float, g: torch.Generator,
+            cortex: float = level(CORTEX_HU, (-200.0, 1500.0)), thin_shell: float = 0.0):
+    """Intensity augmentation of windowed crops (values in [0, 1]). `thin_shell`: in this share
+    of the crops the femur's cortex is thinned to one voxel in-plane (its inner cortex takes the
+    crop's mean marrow value), as a vertebra's or rib's shell is. `core_lift`: the femur's
     marrow (inside the mask, darker than cortex) is raised by up to this much, per crop, so a
     bright shell around a brighter core, as in cancellous vertebrae and ribs, is also bone.
-    `contrast`: each crop is scaled by 1 + u, u in [-contrast, contrast]. Off (0) draws nothing."""
+    `contrast`: each crop is scaled by 1 + u, u in [-contrast, contrast]. Off (0) draws nothing.
+    `cortex`: CORTEX_HU on the V-Net's window."""
     n = x.shape[0]
+    if thin_shell:
+        pick = (torch.rand(n, generator=g) < thin_shell).view(n, 1, 1, 1, 1)
+        m = (y[:, None] == 1).float()
+        inner = -F.max_pool3d(-m, (3, 3, 1), 1, (1, 1, 0)) > 0.5  # the mask less its one-voxel rim
+        marrow = (m > 0) & (x < cortex)
+        fill = (x * marrow).sum((2, 3, 4), keepdim=True) / marrow.sum((2, 3, 4), keepdim=True).clamp(min=1)
+        x = torch.where(pick & inner & (x >= cortex), fill.expand_as(x), x)
     if core_lift:
         lift = torch.rand(n, generator=g).view(n, 1, 1, 1, 1) * core_lift
-        core = (y[:, None] == 1) & (x < CORTEX_LEVEL)
-        x = torch.where(core, torch.minimum(x + lift, torch.full_like(x, CORTEX_LEVEL)), x)
+        core = (y[:, None] == 1) & (x < cortex)
+        x = torch.where(core, torch.minimum(x + lift, torch.full_like(x, cortex)), x)
     if contrast:
         u = (torch.rand(n, generator=g) * 2 - 1).view(n, 1, 1, 1, 1) * contrast
         x = (x * (1 + u)).clamp(0, 1)
@@ -127,7 +150,7 @@ def predict(model, ct: Volume, cfg: Config, rt: Runtime) -> np.ndarray:
 
     pc = cfg.propose
     hu = resample(ct.data, ct.spacing, pc.spacing_mm, "trilinear")
-    img = apply_window(hu, cfg.data.window).to(rt.device)
+    img = apply_window(hu, vnet_window(cfg)).to(rt.device)
     model.eval()
     with torch.no_grad(), rt.autocast():
         logits = sliding_window_inference(img, list(pc.window), 2, model, overlap=pc.overlap)
@@ -147,7 +170,7 @@ def train_vnet(cfg: Config, train, rt: Runtime):
     model.train()
     for _ in range(pc.steps):
         x, y = random_crops(train, pc.crop, pc.batch_size, pc.foreground, g, tuple(pc.zoom))
-        x = augment(x, y, pc.core_lift, pc.contrast, g)
+        x = augment(x, y, pc.core_lift, pc.contrast, g, level(CORTEX_HU, vnet_window(cfg)), pc.thin_shell)
         with rt.autocast():
             logits = model(x.to(rt.device))
         loss = segmentation_loss(logits, y.to(rt.device), "dice_ce")
