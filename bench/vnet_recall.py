@@ -7,8 +7,11 @@ voxel is known to belong to a vertebral body, the posterior elements (arch and
 processes, solid dense bone), a rib, the iliac wings and sacrum, or a femoral head, and
 to lie on its cortical shell or in its cancellous core. Printed per structure: its shell
 thickness, voxels, and the V-Net's recall on the shell and on the core; then the bone
-Dice, precision and voxels to paint (`core.labelling.effort`) of the V-Net and of
-threshold + fill, and the held-out thigh Dice.
+Dice, precision and voxels to paint (`core.labelling.effort`) of the V-Net, of the V-Net
+with its holes filled slice by slice, of a perfect V-Net on its grid (the truth resampled
+to `propose.spacing_mm` and back, as `predict` resamples: the grid's ceiling) and of
+threshold + fill; the V-Net's false positives by the tissue they lie in; and the
+held-out thigh Dice.
 
     python bench/vnet_recall.py [--set propose.steps=300 ...] [--json out.json] [--keep DIR]
 """
@@ -22,7 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch.nn.functional as F
+from scipy import ndimage
 
+LABELS = {"vnet": "V-Net", "vnet_fill": "V-Net, holes filled slice by slice",
+          "grid": "a perfect V-Net on its grid (the ceiling)", "filled": "threshold + fill"}
 # id -> (structure, cortical shell in mm; 0 = solid dense bone)
 STRUCTURES = {1: ("vertebral body", 1.8), 2: ("posterior elements", 0.0), 3: ("ribs", 1.3),
               4: ("iliac wings, sacrum", 1.6), 5: ("femoral heads", 2.0)}
@@ -80,7 +87,9 @@ def main() -> None:
     from boneseg.core.imaging.nifti import load_ct, load_labels
     from boneseg.core.labelling.effort import effort
     from boneseg.core.labelling.labels import bone_proposals
-    from boneseg.core.labelling.vnet import propose
+    from boneseg.core.labelling.vnet import propose, resample
+
+    TISSUES = {v: k.lower() for k, v in vars(S).items() if k.isupper() and isinstance(v, int)}
 
     base = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="vnet_recall_"))
     if a.keep:
@@ -94,7 +103,10 @@ def main() -> None:
         summary = propose(cfg, progress=False)
         wall = time.perf_counter() - t0
         rows, tot = [], {k: np.zeros(4, np.int64) for k in STRUCTURES}  # shell found/all, core found/all
-        agg = {"vnet": [0, 0, 0, 0], "filled": [0, 0, 0, 0]}  # tp, pred, truth, voxels to paint
+        # tp, pred, truth, voxels to paint: the V-Net, its holes filled slice by slice, a perfect
+        # V-Net on its grid (the truth resampled there and back, as predict does), threshold + fill
+        agg = {k: [0, 0, 0, 0] for k in ("vnet", "vnet_fill", "grid", "filled")}
+        false_pos: dict[str, int] = {}  # the V-Net's false positives by the tissue they lie in
         for i in range(cfg.data.synth.abdomen):
             case = f"abd{i:03d}"
             ct = load_ct(base / "raw" / "abdomen" / case / "ct.nii.gz")
@@ -107,7 +119,13 @@ def main() -> None:
                 tot[k] += [int((pred & shell).sum()), int(shell.sum()),
                            int((pred & core).sum()), int(core.sum())]
             filled = bone_proposals(ct, "abdomen", cfg.labels)["filled"]
-            for name, p in (("vnet", pred), ("filled", filled)):
+            holes = np.stack([ndimage.binary_fill_holes(pred[..., z]) for z in range(pred.shape[2])], -1)
+            low = resample((truth == 1).astype(np.float32), ct.spacing, cfg.propose.spacing_mm, "trilinear")
+            grid = F.interpolate(low, size=list(truth.shape), mode="trilinear", align_corners=False)[0, 0]
+            for t, n in zip(*np.unique(tissue[pred & (truth != 1)], return_counts=True)):
+                false_pos[TISSUES[int(t)]] = false_pos.get(TISSUES[int(t)], 0) + int(n)
+            for name, p in (("vnet", pred), ("vnet_fill", holes), ("grid", grid.numpy() > 0.5),
+                            ("filled", filled)):
                 agg[name][0] += int((p & (truth == 1)).sum())
                 agg[name][1] += int(p.sum())
                 agg[name][2] += int((truth == 1).sum())
@@ -131,12 +149,21 @@ def main() -> None:
     for name, (tp, p, t, vox) in agg.items():
         out[name] = {"bone_dice": round(2 * tp / max(p + t, 1), 4), "precision": round(tp / max(p, 1), 4),
                      "recall": round(tp / max(t, 1), 4), "voxels_to_paint": vox}
-        label = "V-Net" if name == "vnet" else "threshold + fill"
-        print(f"{label:17} bone Dice {out[name]['bone_dice']:.4f}  "
+        label = LABELS[name]
+        print(f"{label:41} bone Dice {out[name]['bone_dice']:.4f}  "
               f"precision {out[name]['precision']:.4f}  recall {out[name]['recall']:.4f}  "
               f"voxels to paint {vox:,}")
+    tp, p, t, _ = agg["filled"]
+    errors = p + t - 2 * tp  # threshold + fill's bone voxels to repaint (false positives + misses)
+    print(f"to paint fewer voxels than threshold + fill (neither proposes organs), a proposal's bone errors "
+          f"must stay below about {errors:,} of {t:,} bone voxels: a bone Dice of at least "
+          f"{2 * (t - errors) / (2 * (t - errors) + errors):.3f} (every error a miss) to "
+          f"{2 * t / (2 * t + errors):.3f} (every error a false positive)")
+    print("V-Net false positives by tissue: " + ", ".join(f"{k} {v:,}" for k, v in
+                                                         sorted(false_pos.items(), key=lambda kv: -kv[1])))
     if a.json:
-        Path(a.json).write_text(json.dumps({"sets": a.set, "propose_s": round(wall, 1), "summary": summary,
+        Path(a.json).write_text(json.dumps({"sets": a.set, "false_positives": false_pos,
+                                            "propose_s": round(wall, 1), "summary": summary,
                                             "recall": recall, "pooled": out, "cases": rows}, indent=1))
 
 
