@@ -137,14 +137,11 @@ def make_models(root: Path, cfg) -> None:
     torch.manual_seed(0)
     vnet = build_vnet(cfg.propose.dropout)
     save_file({k: v.contiguous() for k, v in vnet.state_dict().items()}, str(root / "vnet.safetensors"))
-    net, _ = build_model(5, "none")
-    torch.save({"model": net.state_dict(), "classes": "multi", "variant": "multi-random", "fold": 0,
-                "preprocessing": {"image_size": cfg.data.image_size, "window": list(cfg.data.window)},
-                "weights": {"source": "none"}}, root / "fold0.pt")
-    net, _ = build_model(5, "none")  # a second fold model, its own weights: the ranking needs two
-    torch.save({"model": net.state_dict(), "classes": "multi", "variant": "multi-random", "fold": 1,
-                "preprocessing": {"image_size": cfg.data.image_size, "window": list(cfg.data.window)},
-                "weights": {"source": "none"}}, root / "fold1.pt")
+    for fold in (0, 1):  # two fold models, each its own weights: the ranking needs two
+        net, _ = build_model(5, "none")
+        torch.save({"model": net.state_dict(), "classes": "multi", "variant": "multi-random", "fold": fold,
+                    "preprocessing": {"image_size": cfg.data.image_size, "window": list(cfg.data.window)},
+                    "weights": {"source": "none"}}, root / f"fold{fold}.pt")
 
 
 def run_stage(stage: str, cfg: dict, root: Path, workers: int) -> dict:

@@ -117,8 +117,8 @@ def test_vnet_crops_zoom_both_ways_and_the_augmentations_touch_only_the_femur():
     x, y = random_crops([(img, mask, {})], (32, 32, 16), 4, 1.0, g, (0.5, 0.5))
     assert x.shape == (4, 1, 32, 32, 16) and y.shape == (4, 32, 32, 16)
     assert (y[:, :, :, 0].sum((1, 2)) == 16 * 16).all()  # the 32 x 32 femur is 16 x 16 at scale 0.5
-    assert torch.equal(augment(x, y, 0.0, 0.0, g), x)  # off: unchanged
-    lifted = augment(x, y, 0.4, 0.0, torch.Generator().manual_seed(2))
+    assert torch.equal(augment(x, y, 0.0, 0.0, g, CORTEX_LEVEL), x)  # off: unchanged
+    lifted = augment(x, y, 0.4, 0.0, torch.Generator().manual_seed(2), CORTEX_LEVEL)
     changed = lifted != x
     assert changed.any() and (y[:, None].expand_as(x)[changed] == 1).all()  # only inside the femur
     assert (x[changed] < CORTEX_LEVEL).all() and (lifted <= max(CORTEX_LEVEL, float(x.max()))).all()

@@ -71,6 +71,13 @@ def unet_side(v: int, also: str = "") -> int:
     return v
 
 
+def hu_window(v: tuple[float, float]) -> tuple[float, float]:
+    """An HU window [low_hu, high_hu] (data.window, propose.hu_window): low < high."""
+    if not v[0] < v[1]:
+        raise ValueError(f"expected [low_hu, high_hu] with low < high, got {list(v)}")
+    return v
+
+
 class DataConfig(_Strict):
     raw_dir: str = "data/raw"
     labels_dir: str = "data/labels"
@@ -111,9 +118,7 @@ class DataConfig(_Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not v[0] < v[1]:
-            raise ValueError(f"expected [low_hu, high_hu] with low < high, got {list(v)}")
-        return v
+        return hu_window(v)
 
 
 class ThresholdConfig(_Strict):
@@ -238,9 +243,7 @@ class ProposeConfig(_Strict):
     @field_validator("hu_window")
     @classmethod
     def _hu_window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not v[0] < v[1]:
-            raise ValueError(f"expected [low_hu, high_hu] with low < high, or null, got {list(v)}")
-        return v
+        return v if v is None else hu_window(v)
 
     @field_validator("zoom")
     @classmethod

@@ -53,8 +53,8 @@ def vnet_window(cfg: Config) -> tuple[float, float]:
 
 
 def level(hu: float, window) -> float:
-    """`hu` on the windowed 0..1 scale."""
-    return float(np.clip((hu - window[0]) / (window[1] - window[0]), 0.0, 1.0))
+    """`hu` on the windowed 0..1 scale (`apply_window` of one value)."""
+    return float(apply_window(np.asarray(hu), window))
 
 
 def build_vnet(dropout: float = 0.0):
@@ -108,7 +108,7 @@ def random_crops(vols, crop, n: int, foreground: float, g: torch.Generator, zoom
             lo = [int(torch.randint(img.shape[2 + d] - size[d] + 1, (1,), generator=g)) for d in range(3)]
         sl = tuple(slice(lo[d], lo[d] + size[d]) for d in range(3))
         x, y = img[(0, 0, *sl)], mask[(0, 0, *sl)]
-        if size != list(crop):  # shrunk: area averaging, the partial volume a coarser grid would show
+        if size != list(crop):  # shrunk: area averaging (a coarser grid's partial volume); grown: trilinear
             how = {"mode": "area"} if size[0] >= crop[0] else {"mode": "trilinear", "align_corners": False}
             x = F.interpolate(x[None, None], size=list(crop), **how)[0, 0]
             y = (F.interpolate(y[None, None].float(), size=list(crop), **how)[0, 0] >= 0.5).to(y.dtype)
@@ -118,7 +118,7 @@ def random_crops(vols, crop, n: int, foreground: float, g: torch.Generator, zoom
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, core_lift: float, contrast: float, g: torch.Generator,
-            cortex: float = level(CORTEX_HU, (-200.0, 1500.0)), thin_shell: float = 0.0):
+            cortex: float, thin_shell: float = 0.0):
     """Intensity augmentation of windowed crops (values in [0, 1]). `thin_shell`: in this share
     of the crops the femur's cortex is thinned to one voxel in-plane (its inner cortex takes the
     crop's mean marrow value), as a vertebra's or rib's shell is. `core_lift`: the femur's
