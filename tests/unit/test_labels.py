@@ -40,6 +40,55 @@ def test_fill_closes_a_ring_and_drops_dim_components():
     assert m.sum() == 3 * int((r <= 7).sum())
 
 
+def _whole_volume_fill(hu, spacing, level, cfg):
+    """fill_marrow by its definition, every step over the whole volume."""
+    from scipy import ndimage
+    mask = hu >= level
+    lab, n = ndimage.label(mask)
+    idx = np.arange(1, n + 1)
+    keep = ((ndimage.sum_labels(mask, lab, idx) >= cfg.min_component_voxels)
+            & (ndimage.mean(hu, lab, idx) >= cfg.component_min_mean_hu))
+    mask = np.isin(lab, idx[keep])
+    r = int(round(cfg.closing_mm / min(spacing[0], spacing[1])))
+    if r:
+        st = ndimage.iterate_structure(ndimage.generate_binary_structure(2, 1), r)[..., None]
+        mask = ndimage.binary_closing(np.pad(mask, ((r, r), (r, r), (0, 0))), structure=st)[r:-r, r:-r]
+    return np.stack([ndimage.binary_fill_holes(mask[..., z]) for z in range(mask.shape[2])], axis=2)
+
+
+def _whole_volume_effort(start, final):
+    from scipy import ndimage
+    changed = start != final
+    faces = ndimage.generate_binary_structure(3, 1)
+    parts = sum(ndimage.label(changed & (final == k), structure=faces)[1] for k in np.unique(final[changed]))
+    return {"voxels": int(changed.sum()), "components": int(parts),
+            "slices": int(changed.any(axis=(0, 1)).sum())}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_and_effort_in_the_bones_box_equal_the_whole_volume(seed):
+    """fill_marrow and effort work inside bounding boxes: the same masks and counts as
+    over the whole volume, with rings and blobs cut by the volume's edges, or none at all."""
+    from boneseg.core.labelling.effort import effort
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(20, 48)), int(rng.integers(20, 48)), int(rng.integers(1, 6)))
+    hu = rng.normal(0, 60, shape).astype(np.int16)
+    yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    for _ in range(int(rng.integers(0, 5))):  # rings (marrow to fill) and blobs, some past the edge
+        cy, cx = rng.integers(-5, shape[0] + 5), rng.integers(-5, shape[1] + 5)
+        r = np.hypot(yy - cy, xx - cx)
+        outer = rng.uniform(2, 9)
+        z0 = int(rng.integers(0, shape[2]))
+        hu[..., z0:][(r <= outer) & (r >= outer - rng.uniform(1, 3))] = rng.choice([250, 700, 1200])
+    for closing_mm in (0.0, 1.5, 3.0):
+        cfg = LabelsConfig(closing_mm=closing_mm, min_component_voxels=int(rng.integers(1, 30)))
+        got = fill_marrow(hu, (1.0, 1.0, 2.0), 200, cfg)
+        assert np.array_equal(got, _whole_volume_fill(hu, (1.0, 1.0, 2.0), 200, cfg))
+        truth = rng.integers(0, 5, shape).astype(np.uint8) * (rng.random(shape) < 0.2)
+        for start in (got.astype(np.uint8), truth.copy(), np.zeros(shape, np.uint8)):
+            assert effort(start, truth) == _whole_volume_effort(start, truth)
+
+
 def _raw_case(tmp_path, cohort="abdomen", truth=True):
     case = synth.make_case(cohort, 0, SynthConfig(seed=1, matrix=64, slices=6))
     d = tmp_path / "raw" / cohort / case.case_id

@@ -135,6 +135,40 @@ def test_each_worker_gets_its_share_of_the_cores_and_auto_keeps_small_inputs_her
     assert big.used == 2
 
 
+def kept_after_free(n_bytes: int, folder: str | None = None) -> tuple[int, int]:
+    """A case that makes and frees one array: (its pid, how much the process's resident
+    memory grew). With `folder`, it first waits until two processes have a case each."""
+    import os
+
+    import psutil
+
+    if folder:
+        meet(folder, 0)
+    me = psutil.Process()
+    before = me.memory_info().rss
+    a = np.ones(n_bytes // 8)
+    del a
+    return os.getpid(), me.memory_info().rss - before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_map_reuses_the_memory_its_cases_free_and_hands_it_back_after(workers, tmp_path):
+    """Inside a map, a case's freed arrays stay with its process and serve the next case
+    (no new pages to fault in and zero); after the map, freed memory goes back to the OS."""
+    size = 64 * 2**20
+    folder = str(tmp_path) if workers > 1 else None
+    got = Pool(workers).map(kept_after_free, [(size, folder)] * 6, list("abcdef"), "t", False)
+    assert len({pid for pid, _ in got}) == workers
+    seen = set()
+    for pid, grew in got:  # each process claims its cases in order
+        if pid not in seen:
+            assert grew >= size * 0.9  # its first case's array stayed in the process
+        else:
+            assert grew < size * 0.1  # the next cases reuse it
+        seen.add(pid)
+    assert kept_after_free(size)[1] < size * 0.1  # after the map: handed back
+
+
 def test_a_failing_case_is_named_and_the_stage_writes_no_index(tiny_pipeline, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(tiny_pipeline.data.raw_dir, raw)

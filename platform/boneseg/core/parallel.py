@@ -10,10 +10,13 @@ and names its case; nothing the stage writes after the loop (an index, a QA file
 appears. `data.workers: 2` is this process and one child, both taking cases from one
 queue, so the child's start-up (seconds: an interpreter importing the stage's modules)
 overlaps this process's first cases. Each of them gets cores // workers torch threads,
-so workers x threads never oversubscribes the cores.
+so workers x threads never oversubscribes the cores. While a map runs, every process
+keeps the memory its cases free (`_keep_freed_memory`) instead of handing it back to the
+OS and faulting it in again for the next case.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -62,6 +65,38 @@ def named(exc: BaseException, name: str) -> BaseException:
     return exc
 
 
+# glibc hands a freed block of >= 128 KiB back to the OS at once (munmap, or a trim of
+# the heap's top), so the next case's arrays of the same sizes fault in and zero every
+# page again: ~30,000 page faults and ~0.1 s of kernel time per 512 x 512 x 64 labels
+# case, in the memory bandwidth that the workers share (docs/benchmarks.md). Inside a
+# map, large blocks come from the heap and freed ones stay with the process for reuse.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
+KEEP_FREED = 2**30  # bytes: a freed heap top up to this stays; blocks up to this use the heap
+GLIBC_DEFAULT = 128 * 2**10  # both thresholds' starting values
+
+
+def _mallopt(trim: int, mmap: int) -> bool:
+    """Set glibc's trim and mmap thresholds; False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_TRIM_THRESHOLD, trim) and libc.mallopt(M_MMAP_THRESHOLD, mmap))
+    except (OSError, AttributeError):  # musl, macOS, Windows: the allocator's own defaults
+        return False
+
+
+@contextmanager
+def _keep_freed_memory():
+    """Freed memory stays in this process for the block; after it, the defaults return and
+    what is free goes back to the OS (malloc_trim)."""
+    kept = _mallopt(KEEP_FREED, KEEP_FREED)
+    try:
+        yield
+    finally:
+        if kept:
+            _mallopt(GLIBC_DEFAULT, GLIBC_DEFAULT)
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class _Queue:
     """The cases' queue, in shared memory so that every process claims its next case itself
     (a parent busy in a long C call, holding its GIL, never keeps a child waiting): the next
@@ -96,6 +131,7 @@ def _init_worker(threads: int, queue: _Queue | None = None) -> None:
     seconds), else the environment, which a later import of torch or a BLAS reads."""
     global _queue
     _queue = queue
+    _mallopt(KEEP_FREED, KEEP_FREED)  # a worker lives for one map
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     torch = sys.modules.get("torch")
@@ -162,9 +198,10 @@ class Pool:
             return self.remote(fn, items, names, desc, progress)
         small = self.auto and sizes is not None and sum(sizes) < AUTO_MIN_BYTES
         self.used = 1 if self.workers <= 1 or len(items) <= 1 or small else min(self.workers, len(items))
-        if self.used == 1:
-            return _serial(fn, items, names, desc, progress)
-        return _local(fn, items, names, desc, progress, self.used)
+        with _keep_freed_memory():
+            if self.used == 1:
+                return _serial(fn, items, names, desc, progress)
+            return _local(fn, items, names, desc, progress, self.used)
 
 
 def _serial(fn, items, names, desc, progress) -> list:
