@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 
 from boneseg.errors import BonesegError, DataError
 
@@ -75,13 +76,21 @@ KEEP_FREED = 2**30  # bytes: a freed heap top up to this stays; blocks up to thi
 GLIBC_DEFAULT = 128 * 2**10  # both thresholds' starting values
 
 
-def _mallopt(trim: int, mmap: int) -> bool:
-    """Set glibc's trim and mmap thresholds; False where the C library is not glibc."""
+@cache
+def _glibc():
+    """The C library when it is glibc (it has mallopt and malloc_trim), else None: musl,
+    macOS and Windows keep their allocator's own behaviour."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_TRIM_THRESHOLD, trim) and libc.mallopt(M_MMAP_THRESHOLD, mmap))
-    except (OSError, AttributeError):  # musl, macOS, Windows: the allocator's own defaults
-        return False
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _mallopt(trim: int, mmap: int) -> bool:
+    """Set glibc's trim and mmap thresholds; False where the C library is not glibc."""
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_TRIM_THRESHOLD, trim) and libc.mallopt(M_MMAP_THRESHOLD, mmap))
 
 
 @contextmanager
@@ -94,7 +103,7 @@ def _keep_freed_memory():
     finally:
         if kept:
             _mallopt(GLIBC_DEFAULT, GLIBC_DEFAULT)
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            _glibc().malloc_trim(0)
 
 
 class _Queue:

@@ -42,10 +42,11 @@ def fill_marrow(hu: np.ndarray, spacing, threshold_hu: float, cfg: LabelsConfig)
     where = box(mask)
     if where is None:
         return mask
-    lab, n = ndimage.label(mask[where])  # components lie inside their box
-    at = lab[mask[where]]  # each bright voxel's component: sizes and mean HU from those voxels alone
+    bright = mask[where]
+    lab, n = ndimage.label(bright)  # components lie inside their box
+    at = lab[bright]  # each bright voxel's component: sizes and mean HU from those voxels alone
     sizes = np.bincount(at, minlength=n + 1)[1:]
-    means = np.bincount(at, weights=hu[where][mask[where]], minlength=n + 1)[1:] / sizes
+    means = np.bincount(at, weights=hu[where][bright], minlength=n + 1)[1:] / sizes
     keep = (sizes >= cfg.min_component_voxels) & (means >= cfg.component_min_mean_hu)
     mask[where] = np.concatenate([[False], keep])[lab]
     r = int(round(cfg.closing_mm / float(min(spacing[0], spacing[1]))))
