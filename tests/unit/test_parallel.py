@@ -2,7 +2,10 @@
 a serial run (and the report's per-case scores equal to it), each worker's share of the
 cores, a failure that names its case and leaves no index, and `data.workers: auto`
 keeping small inputs in this process."""
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -151,23 +154,43 @@ def kept_after_free(n_bytes: int, folder: str | None = None) -> tuple[int, int]:
     return os.getpid(), me.memory_info().rss - before
 
 
+# a stage's command in a fresh interpreter: a warm-up map (the pool's imports), then the map
+# under test; this test process's heap, shaped by every earlier test, plays no part
+KEEP_AND_HAND_BACK = """
+import json, sys
+import psutil
+sys.path.insert(0, {here!r})
+from test_parallel import kept_after_free
+from boneseg.core.parallel import Pool
+
+Pool({workers}).map(kept_after_free, [(4096, None)] * 2, ["w", "x"], "t", False)
+me = psutil.Process()
+before = me.memory_info().rss
+got = Pool({workers}).map(kept_after_free, [({size}, {folder!r})] * 6, list("abcdef"), "t", False)
+print(json.dumps({{"got": got, "after": me.memory_info().rss - before}}))
+"""
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_map_reuses_the_memory_its_cases_free_and_hands_it_back_after(workers, tmp_path):
     """Inside a map, a case's freed arrays stay with its process and serve the next case
     (no new pages to fault in and zero); after the map, freed memory goes back to the OS."""
     size = 64 * 2**20
     folder = str(tmp_path) if workers > 1 else None
-    got = Pool(workers).map(kept_after_free, [(size, folder)] * 6, list("abcdef"), "t", False)
-    assert len({pid for pid, _ in got}) == workers
+    code = KEEP_AND_HAND_BACK.format(here=str(Path(__file__).parent), workers=workers, size=size,
+                                     folder=folder)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len({pid for pid, _ in out["got"]}) == workers
     seen = set()
-    for pid, grew in got:  # each process claims its cases in order
+    for pid, grew in out["got"]:  # each process claims its cases in order
         if pid not in seen:
             assert grew >= size * 0.9  # its first case's array stayed in the process
         else:
             assert grew < size * 0.1  # the next cases reuse it
         seen.add(pid)
-    assert kept_after_free(size)[1] < size * 0.1  # after the map: handed back
-
+    assert out["after"] < size * 0.1  # after the map: handed back
 
 def test_a_failing_case_is_named_and_the_stage_writes_no_index(tiny_pipeline, tmp_path):
     raw = tmp_path / "raw"
