@@ -192,6 +192,34 @@ def test_a_map_reuses_the_memory_its_cases_free_and_hands_it_back_after(workers,
         seen.add(pid)
     assert out["after"] < size * 0.1  # after the map: handed back
 
+def test_the_defaults_return_after_a_map_even_where_raising_them_failed_half_way(monkeypatch):
+    """An older glibc refuses an mmap threshold above 32 MiB (mallopt returns 0) after it has
+    taken the raised trim threshold: the map must still put the trim threshold back."""
+    from boneseg.core import parallel
+
+    class OldGlibc:
+        def __init__(self):
+            self.set, self.trims = {}, 0
+
+        def mallopt(self, param, value):
+            if param == parallel.M_MMAP_THRESHOLD and value > 32 * 2**20:
+                return 0
+            self.set[param] = value
+            return 1
+
+        def malloc_trim(self, pad):
+            self.trims += 1
+            return 1
+
+    libc = OldGlibc()
+    monkeypatch.setattr(parallel, "_glibc", lambda: libc)
+    Pool(1).map(worker_threads, [(0,)], ["a"], "t", False)
+    assert libc.set == {parallel.M_TRIM_THRESHOLD: parallel.GLIBC_DEFAULT,
+                        parallel.M_MMAP_THRESHOLD: parallel.GLIBC_DEFAULT}
+    assert libc.trims == 1
+
+
+
 def test_a_failing_case_is_named_and_the_stage_writes_no_index(tiny_pipeline, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(tiny_pipeline.data.raw_dir, raw)

@@ -96,13 +96,13 @@ def _mallopt(trim: int, mmap: int) -> bool:
 @contextmanager
 def _keep_freed_memory():
     """Freed memory stays in this process for the block; after it, the defaults return and
-    what is free goes back to the OS (malloc_trim)."""
-    kept = _mallopt(KEEP_FREED, KEEP_FREED)
+    what is free goes back to the OS (malloc_trim). The defaults return even where raising
+    failed half-way (an older glibc refuses an mmap threshold above 32 MiB after taking the trim one)."""
+    _mallopt(KEEP_FREED, KEEP_FREED)
     try:
         yield
     finally:
-        if kept:
-            _mallopt(GLIBC_DEFAULT, GLIBC_DEFAULT)
+        if _mallopt(GLIBC_DEFAULT, GLIBC_DEFAULT):
             _glibc().malloc_trim(0)
 
 
