@@ -42,6 +42,7 @@ import shlex
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -66,6 +67,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 S3_USER_BUCKETS = ("dvc", "ray")  # a member's key reaches these; `mlflow` only through MLflow
 GRPC_OFFSET = 10000  # SeaweedFS's gRPC port = http port + 10000 for master, volume, filer, s3
 SERVICES = ("postgres", "seaweedfs", "mlflow")  # + "s3-forward" when BIND is not loopback
+ALNUM = string.ascii_letters + string.digits
 
 
 def pg_bin(name: str) -> str:
@@ -132,13 +134,13 @@ def settings(state: Path, free_ports: bool) -> dict[str, str]:
     env = {
         "BIND": os.environ.get("BONESEG_TEAM_HOST", "127.0.0.1"),
         **{k: str(v) for k, v in ports.items()},
-        "PG_SUPERUSER_PASSWORD": secrets.token_urlsafe(24),
-        "PG_MLFLOW_PASSWORD": secrets.token_urlsafe(24),
+        "PG_SUPERUSER_PASSWORD": token(32),
+        "PG_MLFLOW_PASSWORD": token(32),
         "S3_ACCESS_KEY": "bs" + secrets.token_hex(8),
-        "S3_SECRET_KEY": secrets.token_urlsafe(30),
-        "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
+        "S3_SECRET_KEY": token(40),
+        "MLFLOW_ADMIN_PASSWORD": token(24),
         "MLFLOW_USER": "boneseg",
-        "MLFLOW_USER_PASSWORD": secrets.token_urlsafe(18),
+        "MLFLOW_USER_PASSWORD": token(24),
         "MLFLOW_FLASK_SECRET": secrets.token_hex(32),
         **generated_keys(),
     }
@@ -151,10 +153,17 @@ def settings(state: Path, free_ports: bool) -> dict[str, str]:
     return env
 
 
+def token(chars: int) -> str:
+    """A random secret of letters and digits (5.95 bits each). Unlike token_urlsafe's, it
+    never starts with '-', which a command-line tool would take for an option, and needs
+    no quoting in a shell, an env file or a URL."""
+    return "".join(secrets.choice(ALNUM) for _ in range(chars))
+
+
 def generated_keys() -> dict[str, str]:
     """SeaweedFS's JWT signing keys: volume writes and reads, filer writes and reads."""
     return {
-        f"WEED_JWT_{k}": secrets.token_urlsafe(32) for k in ("VOLUME", "VOLUME_READ", "FILER", "FILER_READ")
+        f"WEED_JWT_{k}": token(43) for k in ("VOLUME", "VOLUME_READ", "FILER", "FILER_READ")
     }
 
 
@@ -705,10 +714,10 @@ def user(state: Path, action: str, name: str) -> int:
     if action == "add":
         if name in members:
             sys.exit(f"stack: user {name} exists ({env_file}); remove it first to issue new credentials.")
-        password = secrets.token_urlsafe(18)
+        password = token(24)
         if mlflow_admin(env, "POST", "create", {"username": name, "password": password}) != 200:
             sys.exit(f"stack: MLflow refused to create user {name} (see {state / 'logs/mlflow.log'}).")
-        members[name] = {"s3_key": "bs" + secrets.token_hex(8), "s3_secret": secrets.token_urlsafe(30)}
+        members[name] = {"s3_key": "bs" + secrets.token_hex(8), "s3_secret": token(40)}
         write_private(state / "users.json", json.dumps(members, indent=1) + "\n")
         write_private(
             env_file,

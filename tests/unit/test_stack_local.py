@@ -1,7 +1,7 @@
 """The infra scripts' safety without servers: infra/team/stack.py signals only the process it
 started (a pidfile names a pid and its start time; a pid reused by an unrelated process after
 a reboot or a crash is left alone), and infra/mlflow/server.sh, which has no authentication,
-refuses to listen beyond loopback."""
+refuses to listen beyond loopback; and the secrets it makes never read as a command-line option."""
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra/team"))
-from stack import pid_alive, start_time, stop_group, write_pidfile  # noqa: E402
+from stack import pid_alive, settings, start_time, stop_group, write_pidfile  # noqa: E402
 
 
 @pytest.fixture
@@ -19,6 +19,19 @@ def stranger():
     yield p
     p.kill()
     p.wait()
+
+
+def test_the_stacks_secrets_are_letters_and_digits(tmp_path):
+    """A secret that starts with '-' is taken for an option by the tools it is handed to
+    (argparse: `unrecognized arguments`); token_urlsafe's do, one in 64. Each stack makes 10."""
+    made = [settings(tmp_path / f"s{i}", free_ports=False) for i in range(200)]
+    assert (tmp_path / "s0/team.env").stat().st_mode & 0o777 == 0o600
+    drawn = [v for env in made for k, v in env.items() if any(w in k for w in ("PASSWORD", "SECRET", "JWT"))]
+    assert len(drawn) == 200 * 10 and len(set(drawn)) == len(drawn)
+    bad = [v for v in drawn if not (v.isascii() and v.isalnum() and len(v) >= 24)]
+    assert not bad, f"{len(bad)} of {len(drawn)} secrets have other characters or are short"
+    again = settings(tmp_path / "s0", free_ports=False)  # made once, then reused
+    assert again == made[0]
 
 
 def test_a_stale_pidfile_signals_nothing(stranger, tmp_path):
