@@ -192,6 +192,7 @@ def test_a_map_reuses_the_memory_its_cases_free_and_hands_it_back_after(workers,
         seen.add(pid)
     assert out["after"] < size * 0.1  # after the map: handed back
 
+
 def test_the_defaults_return_after_a_map_even_where_raising_them_failed_half_way(monkeypatch):
     """An older glibc refuses an mmap threshold above 32 MiB (mallopt returns 0) after it has
     taken the raised trim threshold: the map must still put the trim threshold back."""
@@ -217,7 +218,6 @@ def test_the_defaults_return_after_a_map_even_where_raising_them_failed_half_way
     assert libc.set == {parallel.M_TRIM_THRESHOLD: parallel.GLIBC_DEFAULT,
                         parallel.M_MMAP_THRESHOLD: parallel.GLIBC_DEFAULT}
     assert libc.trims == 1
-
 
 
 def test_a_failing_case_is_named_and_the_stage_writes_no_index(tiny_pipeline, tmp_path):
